@@ -1,0 +1,288 @@
+"""Reverse-mode automatic differentiation: ``Tensor``, ``Function`` and ``backward``.
+
+A Tensor wraps an array (``.data``, NumPy or CuPy) and, if it needs a gradient,
+remembers the Function that made it and that Function's inputs. ``backward()``
+walks this graph from the output back to the leaves in reverse topological
+order, calling each Function's hand-written ``backward`` once.
+
+``.grad`` is a plain array of the same backend as ``.data`` (not a Tensor):
+gradients are numbers, they do not need a graph of their own.
+"""
+import contextlib
+
+import numpy as np
+
+from . import backend
+
+_grad_enabled = [True]
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inside this block, ops record no graph (for evaluation and optimizer updates)."""
+    previous = _grad_enabled[0]
+    _grad_enabled[0] = False
+    try:
+        yield
+    finally:
+        _grad_enabled[0] = previous
+
+
+def is_grad_enabled():
+    return _grad_enabled[0]
+
+
+class Context:
+    """What a Function's forward leaves for its backward.
+
+    Set any attribute you need (``ctx.x = x``). ``ctx.needs_input_grad[i]`` says
+    whether the i-th input wants a gradient, so backward can skip work.
+    """
+
+    def __init__(self, needs_input_grad):
+        self.needs_input_grad = needs_input_grad
+
+
+def unbroadcast(grad, shape):
+    """Sum ``grad`` down to ``shape``: the backward of NumPy broadcasting.
+
+    Broadcasting copies an input along new leading axes and along axes of size
+    1, so its gradient is the sum over those axes.
+    """
+    if grad.shape == tuple(shape):
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if stretched:
+        grad = grad.sum(axis=stretched, keepdims=True)
+    return grad
+
+
+class Function:
+    """A differentiable op: a ``forward`` on arrays and the ``backward`` that undoes it.
+
+    Subclasses define two static methods::
+
+        class Square(Function):
+            @staticmethod
+            def forward(ctx, x):          # x: array
+                ctx.x = x
+                return x * x
+            @staticmethod
+            def backward(ctx, grad):      # y = x^2  =>  dx = 2 x dy
+                return 2 * ctx.x * grad
+
+    and are called as ``Square.apply(tensor)``. ``backward`` returns one
+    gradient per positional input of ``forward`` (None where there is none);
+    a gradient may have the broadcast shape, the engine sums it back.
+    """
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        backend.check_same_backend(cls.__name__, [t.data for t in tensors])
+        needs_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        record = _grad_enabled[0] and any(needs_grad)
+        ctx = Context(needs_grad)
+        raw = [a.data if isinstance(a, Tensor) else a for a in args]
+        out = Tensor._wrap(cls.forward(ctx, *raw, **kwargs))
+        if record:
+            out.requires_grad = True
+            out._fn, out._ctx = cls, ctx
+            out._parents = tuple(a if isinstance(a, Tensor) else None for a in args)
+        return out
+
+
+class Tensor:
+    """An n-dimensional array that can remember how it was computed.
+
+    Tensor(data, requires_grad=False, dtype=None): ``data`` is a number, a
+    (nested) list, or an array; it is placed on the current backend. Python
+    floats become the default dtype (float32); arrays keep their dtype.
+    """
+
+    __array_priority__ = 1000  # so that ndarray + Tensor calls Tensor.__radd__
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        self.data = backend.asarray(data, dtype=dtype)
+        self.grad = None
+        self._fn = self._ctx = None
+        self._parents = ()
+        self._freed = False
+        self.requires_grad = False
+        self.requires_grad_(requires_grad)
+
+    @classmethod
+    def _wrap(cls, array):
+        """Make a Tensor around an array without copying or converting it."""
+        t = cls.__new__(cls)
+        t.data, t.grad, t.requires_grad = array, None, False
+        t._fn = t._ctx = None
+        t._parents = ()
+        t._freed = False
+        return t
+
+    def requires_grad_(self, flag=True):
+        if flag and self.data.dtype.kind != "f":
+            raise TypeError(
+                f"requires_grad needs a floating-point tensor, got dtype {self.data.dtype}; "
+                "only continuous values have gradients. Fix: Tensor(data, dtype='float32')."
+            )
+        self.requires_grad = bool(flag)
+        return self
+
+    # ---- array facts -------------------------------------------------------
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return self.data.size
+
+    @property
+    def is_leaf(self):
+        return self._fn is None
+
+    def __len__(self):
+        return self.data.shape[0]
+
+    def numpy(self):
+        """The values as a NumPy array on the host (a copy if they live on the GPU)."""
+        return backend.to_numpy(self.data)
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def detach(self):
+        """A new Tensor sharing the data, cut from the graph."""
+        return Tensor._wrap(self.data)
+
+    def astype(self, dtype):
+        """A copy with another dtype, cut from the graph (like ``x.detach().to(dtype)``)."""
+        return Tensor._wrap(self.data.astype(dtype))
+
+    def zero_grad(self):
+        self.grad = None
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        values = np.array2string(self.numpy(), precision=4, threshold=20, separator=", ")
+        return f"Tensor({values}, dtype={self.dtype}{grad})"
+
+    # ---- the backward pass -----------------------------------------------
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
+
+        ``grad`` is the upstream gradient, of self's shape; it may be left out
+        only when self holds one number (a loss). The graph is freed afterwards
+        unless ``retain_graph=True``.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(
+                "backward(): this tensor does not require grad, so no graph leads to it. "
+                "Fix: create the leaves with requires_grad=True, outside no_grad()."
+            )
+        xp = backend.array_module(self.data)
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward() on a tensor of shape {self.shape} needs an explicit gradient of that "
+                    "shape: only a single number (a loss) has an implied gradient of 1. "
+                    "Fix: call loss.sum().backward() or backward(grad=...)."
+                )
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if grad.shape != self.data.shape:
+                raise ValueError(f"backward(): grad has shape {grad.shape}, the tensor has {self.shape}")
+
+        grads = {id(self): grad}
+        for node in reversed(_topological_order(self)):
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            if node._fn is None:
+                if node._freed:
+                    raise RuntimeError(
+                        "backward() reached a graph that an earlier backward() already freed. "
+                        "Fix: pass retain_graph=True to the first backward(), or recompute the forward."
+                    )
+                if node.grad is None:
+                    node.grad = xp.zeros_like(node.data)
+                node.grad += g
+                continue
+            input_grads = node._fn.backward(node._ctx, g)
+            if not isinstance(input_grads, tuple):
+                input_grads = (input_grads,)
+            for parent, parent_grad in zip(node._parents, input_grads):
+                if parent is None or parent_grad is None or not parent.requires_grad:
+                    continue
+                parent_grad = unbroadcast(parent_grad, parent.shape)
+                key = id(parent)
+                grads[key] = parent_grad if key not in grads else grads[key] + parent_grad
+            if not retain_graph:
+                node._fn = node._ctx = None
+                node._parents = ()
+                node._freed = True
+
+
+def _topological_order(root):
+    """Tensors reachable from ``root``, each after all of its inputs (iterative DFS, no recursion limit)."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, inputs_done = stack.pop()
+        if inputs_done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for parent in node._parents:
+            if parent is not None and parent.requires_grad and id(parent) not in visited:
+                stack.append((parent, False))
+    return order
+
+
+def _install_tensor_methods():
+    """Give Tensor its operators and methods; they call minilora.functional, which imports this file."""
+    from . import functional as F
+
+    def swap(fn):
+        return lambda self, other: fn(other, self)
+
+    methods = {
+        "__add__": F.add, "__radd__": swap(F.add), "__sub__": F.sub, "__rsub__": swap(F.sub),
+        "__mul__": F.mul, "__rmul__": swap(F.mul), "__truediv__": F.div, "__rtruediv__": swap(F.div),
+        "__matmul__": F.matmul, "__rmatmul__": swap(F.matmul), "__pow__": F.pow, "__neg__": F.neg,
+        "__getitem__": F.getitem,
+        "exp": F.exp, "log": F.log, "sqrt": F.sqrt, "tanh": F.tanh, "sigmoid": F.sigmoid, "relu": F.relu,
+        "sum": F.sum, "mean": F.mean, "max": F.max, "var": F.var, "reshape": F.reshape, "permute": F.permute,
+        "transpose": F.transpose, "softmax": F.softmax, "log_softmax": F.log_softmax, "matmul": F.matmul,
+        "masked_fill": F.masked_fill,
+    }
+    for name, fn in methods.items():
+        setattr(Tensor, name, fn)
+    Tensor.T = property(lambda self: F.transpose(self, -2, -1) if self.ndim >= 2 else self)

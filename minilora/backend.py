@@ -1,0 +1,149 @@
+"""The one module that knows NumPy from CuPy.
+
+Every other file asks this one for its array module (``xp()``), for host
+transfers, for scatter-add and for random numbers. Switching the backend is the
+only global choice in minilora besides the default dtype.
+
+    minilora.set_backend("cupy")          # or MINILORA_BACKEND=cupy
+    minilora.get_backend()                # -> "cupy"
+"""
+import os
+
+import numpy as np
+
+_BACKENDS = ("numpy", "cupy")
+_state = {"name": "numpy", "xp": np, "default_dtype": np.dtype(np.float32)}
+
+
+def _import_cupy():
+    """Return the cupy module, or raise an error that says why it cannot run and how to fix it."""
+    try:
+        import cupy
+    except ImportError as error:
+        raise RuntimeError(
+            "the cupy backend needs CuPy, which is not installed "
+            f"({error}). Fix: pip install 'minilora[gpu]' on a machine with an "
+            "NVIDIA GPU and CUDA 12, or use set_backend('numpy')."
+        ) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CUDA raises its own error types when no driver is present
+        raise RuntimeError(
+            f"the cupy backend found no usable GPU ({type(error).__name__}: {error}). "
+            "Fix: run on a machine with an NVIDIA GPU and driver, or use set_backend('numpy')."
+        ) from None
+    if count == 0:
+        raise RuntimeError("the cupy backend found 0 GPUs. Fix: use set_backend('numpy').")
+    return cupy
+
+
+def set_backend(name):
+    """Choose where new tensors live: "numpy" (CPU) or "cupy" (NVIDIA GPU)."""
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {_BACKENDS}")
+    _state["xp"] = _import_cupy() if name == "cupy" else np
+    _state["name"] = name
+
+
+def get_backend():
+    """Return the name of the current backend, "numpy" or "cupy"."""
+    return _state["name"]
+
+
+def xp():
+    """Return the array module of the current backend (numpy or cupy)."""
+    return _state["xp"]
+
+
+def set_default_dtype(dtype):
+    """Set the dtype given to tensors made from Python numbers and lists (float32 unless changed)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"the default dtype must be a float type, got {dtype}")
+    _state["default_dtype"] = dtype
+
+
+def get_default_dtype():
+    return _state["default_dtype"]
+
+
+def is_cupy_array(x):
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def backend_of(x):
+    """Name the backend that owns array ``x``."""
+    return "cupy" if is_cupy_array(x) else "numpy"
+
+
+def array_module(x):
+    """The module (numpy or cupy) whose functions apply to array ``x``."""
+    if is_cupy_array(x):
+        import cupy
+        return cupy
+    return np
+
+
+def check_same_backend(op_name, arrays):
+    """Raise TypeError if ``arrays`` mix NumPy and CuPy: a silent host copy would hide a bug."""
+    names = {backend_of(a) for a in arrays}
+    if len(names) > 1:
+        shapes = ", ".join(f"{backend_of(a)} array of shape {tuple(a.shape)}" for a in arrays)
+        raise TypeError(
+            f"{op_name}: inputs live on different backends ({shapes}). "
+            "Fix: move them to one backend first, e.g. model.to('cupy') or Tensor(x) after set_backend."
+        )
+
+
+def to_numpy(x):
+    """Copy an array of either backend to a NumPy array on the host (a NumPy array is returned as is)."""
+    if is_cupy_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def asarray(data, dtype=None):
+    """Put ``data`` (a list, a number, or an array of either backend) on the current backend."""
+    if is_cupy_array(data) and _state["name"] == "numpy":
+        data = data.get()
+    if dtype is None and not hasattr(data, "dtype"):
+        as_host = np.asarray(data)
+        dtype = _state["default_dtype"] if as_host.dtype.kind in "fc" or as_host.dtype == object else None
+        if as_host.dtype.kind in "iub" and as_host.dtype != np.bool_:
+            dtype = np.int64
+    return _state["xp"].asarray(data, dtype=dtype)
+
+
+def scatter_add(target, indices, values):
+    """target[indices] += values, where repeated indices accumulate (plain ``+=`` would drop them)."""
+    if is_cupy_array(target):
+        import cupyx
+        cupyx.scatter_add(target, indices, values)
+    else:
+        np.add.at(target, indices, values)
+    return target
+
+
+def synchronize():
+    """Wait for the GPU to finish queued work (a no-op on NumPy); call it before reading a timer."""
+    if _state["name"] == "cupy":
+        _state["xp"].cuda.get_current_stream().synchronize()
+
+
+def default_rng(seed=None):
+    """A seeded host-side generator. Draw on the host and move, so one seed gives one model everywhere."""
+    return np.random.default_rng(seed)
+
+
+def randn(shape, rng, dtype=None):
+    """Standard normal numbers of ``shape`` from generator ``rng``, on the current backend."""
+    return asarray(rng.standard_normal(shape), dtype=dtype or _state["default_dtype"])
+
+
+def uniform(shape, low, high, rng, dtype=None):
+    """Uniform numbers in [low, high) of ``shape`` from generator ``rng``, on the current backend."""
+    return asarray(rng.uniform(low, high, size=shape), dtype=dtype or _state["default_dtype"])
+
+
+if os.environ.get("MINILORA_BACKEND"):
+    set_backend(os.environ["MINILORA_BACKEND"])

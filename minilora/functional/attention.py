@@ -1,0 +1,67 @@
+"""Scaled dot-product attention with one fused backward.
+
+Shapes: q (B, H, T, D), k and v (B, H, S, D) -> (B, H, T, D)
+(any leading axes work; T queries attend over S keys).
+attn_mask: boolean, broadcastable to (B, H, T, S), True where a query may look
+(torch's convention), e.g. a padding mask of shape (B, 1, 1, S).
+"""
+import math
+
+from .. import backend
+from ..autograd import Function, Tensor
+from .softmax import _log_softmax
+
+
+class ScaledDotProductAttention(Function):
+    @staticmethod
+    def forward(ctx, q, k, v, allowed, scale):
+        xp = backend.array_module(q)
+        # 1. scores = q k^T * scale
+        scores = (q @ k.swapaxes(-1, -2)) * scale  # (B, H, T, S)
+        # 2. masked positions get -inf, so softmax gives them exactly 0
+        if allowed is not None:
+            scores = xp.where(allowed, scores, -xp.inf)
+        # 3. probabilities over the keys
+        probs = xp.exp(_log_softmax(scores, -1))  # (B, H, T, S)
+        # 4. weighted sum of values
+        ctx.q, ctx.k, ctx.v, ctx.probs, ctx.scale = q, k, v, probs, scale
+        return probs @ v  # (B, H, T, D)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, probs, scale = ctx.q, ctx.k, ctx.v, ctx.probs, ctx.scale
+        # 4. out = P v  =>  dP = dout v^T, dv = P^T dout
+        dprobs = grad @ v.swapaxes(-1, -2)  # (B, H, T, S)
+        dv = probs.swapaxes(-1, -2) @ grad  # (B, H, S, D)
+        # 3. P = softmax(scores)  =>  dscores = P (dP - sum(dP P))
+        dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
+        # 2. masked scores have P = 0, so dscores is already 0 there
+        # 1. scores = q k^T s  =>  dq = dscores k s, dk = dscores^T q s
+        dq = (dscores @ k) * scale
+        dk = (dscores.swapaxes(-1, -2) @ q) * scale
+        return dq, dk, dv, None, None
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    """softmax(q k^T / sqrt(D) + mask) v, as torch.nn.functional.scaled_dot_product_attention.
+
+    ``is_causal`` lets query t see keys 0..t (aligned at the end when S > T,
+    as with a KV cache); ``attn_mask`` is a boolean keep-mask. A query row with
+    no visible key would be 0/0, so it raises instead.
+    """
+    xp = backend.array_module(q.data)
+    T, S = q.shape[-2], k.shape[-2]
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit (q, k share D; k, v share S)")
+    allowed = None
+    if is_causal:
+        allowed = xp.tril(xp.ones((T, S), dtype=bool), k=S - T)  # (T, S)
+    if attn_mask is not None:
+        mask = attn_mask.data if isinstance(attn_mask, Tensor) else backend.asarray(attn_mask)
+        if mask.dtype != bool:
+            raise TypeError(f"attention: attn_mask must be boolean (True = may attend), got {mask.dtype}")
+        allowed = mask if allowed is None else allowed & mask
+    if attn_mask is not None and not bool(allowed.any(axis=-1).all()):
+        raise ValueError("attention: some query can see no key (a whole mask row is False). Fix: let every query see at least itself.")
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return ScaledDotProductAttention.apply(q, k, v, allowed, scale)

@@ -1,0 +1,55 @@
+"""embedding (a table lookup) and dropout.
+
+embedding: ids (...) of ints, weight (V, C) -> (..., C).
+dropout:   x (...) -> x (...), each value zeroed with probability p, the rest scaled by 1/(1-p).
+"""
+from .. import backend
+from ..autograd import Function, Tensor
+from .softmax import check_class_ids
+
+
+class Embedding(Function):
+    @staticmethod
+    def forward(ctx, ids, weight):
+        check_class_ids("embedding", ids, weight.shape[0])
+        ctx.ids, ctx.shape = ids, weight.shape
+        return weight[ids]  # (..., C)
+
+    @staticmethod
+    def backward(ctx, grad):  # y = W[ids]  =>  dW[ids] += dy; a token seen twice gets both rows
+        xp = backend.array_module(grad)
+        dweight = xp.zeros(ctx.shape, dtype=grad.dtype)
+        backend.scatter_add(dweight, ctx.ids.reshape(-1), grad.reshape(-1, ctx.shape[1]))
+        return None, dweight
+
+
+class Dropout(Function):
+    @staticmethod
+    def forward(ctx, x, keep_mask, scale):
+        ctx.mask = keep_mask * scale
+        return x * ctx.mask
+
+    @staticmethod
+    def backward(ctx, grad):  # y = x m / (1-p)  =>  dx = dy m / (1-p)
+        return grad * ctx.mask, None, None
+
+
+def embedding(ids, weight):
+    """Rows of ``weight`` (V, C) picked by integer ``ids``; out-of-range ids raise IndexError."""
+    ids = ids.data if isinstance(ids, Tensor) else backend.asarray(ids)
+    return Embedding.apply(ids, weight)
+
+
+def dropout(x, p=0.5, training=True, rng=None):
+    """Zero each value with probability ``p`` and scale the rest by 1/(1-p); identity when not training.
+
+    ``rng`` is a numpy Generator (for example a Dropout module's own); the mask
+    is drawn on the host so one seed gives one mask on every backend.
+    """
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    if not training or p == 0:
+        return x
+    rng = rng if rng is not None else backend.default_rng()
+    keep = backend.asarray(rng.random(x.shape) >= p).astype(x.dtype)
+    return Dropout.apply(x, keep, 1 / (1 - p))

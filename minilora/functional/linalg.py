@@ -1,0 +1,80 @@
+"""Matrix products: ``matmul`` (batched, broadcasting) and ``linear`` (y = x W^T + b)."""
+from ..autograd import Function
+
+
+def _check_matmul(a, b):
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: inputs must have at least 1 dimension, got shapes {a.shape} and {b.shape}")
+    k_a = a.shape[-1]
+    k_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
+    if k_a != k_b:
+        raise ValueError(
+            f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} do not align ({k_a} != {k_b}). "
+            "The last axis of the first must equal the second-to-last of the second; "
+            "did you forget a transpose?"
+        )
+
+
+class MatMul(Function):
+    """a (..., n, k) @ b (..., k, m) -> (..., n, m); leading axes broadcast."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _check_matmul(a, b)
+        ctx.a, ctx.b = a, b
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, grad):  # y = a @ b  =>  da = dy @ b^T, db = a^T @ dy
+        a, b = ctx.a, ctx.b
+        # Treat vectors as matrices (1-d a is a row, 1-d b a column) so one formula serves all.
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g = grad
+        if a.ndim == 1:
+            g = g[..., None, :]
+        if b.ndim == 1:
+            g = g[..., None]
+        da = db = None
+        if ctx.needs_input_grad[0]:
+            da = g @ b2.swapaxes(-1, -2)
+            da = da.reshape(da.shape[:-2] + (da.shape[-1],)) if a.ndim == 1 else da
+        if ctx.needs_input_grad[1]:
+            db = a2.swapaxes(-1, -2) @ g
+            db = db[..., 0] if b.ndim == 1 else db
+        return da, db
+
+
+class Linear(Function):
+    """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out), PyTorch's layout."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias=None):
+        if x.shape[-1] != weight.shape[1]:
+            raise ValueError(
+                f"linear: input has {x.shape[-1]} features (shape {tuple(x.shape)}) but the weight "
+                f"{tuple(weight.shape)} expects {weight.shape[1]}; weights are (out, in)."
+            )
+        ctx.x, ctx.weight = x, weight
+        # One 2-D product over all leading axes is one BLAS call, not one per batch entry.
+        y = x.reshape(-1, x.shape[-1]) @ weight.T  # (N, out)
+        if bias is not None:
+            y += bias
+        return y.reshape(x.shape[:-1] + (weight.shape[0],))  # (..., out)
+
+    @staticmethod
+    def backward(ctx, grad):  # y = x W^T + b  =>  dx = dy W, dW = dy^T x, db = sum dy
+        x, weight = ctx.x, ctx.weight
+        grad2d = grad.reshape(-1, grad.shape[-1])  # (N, out), N = all leading axes
+        dx = (grad2d @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        dw = grad2d.T @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        db = grad2d.sum(axis=0) if len(ctx.needs_input_grad) > 2 and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def matmul(a, b):
+    return MatMul.apply(a, b)
+
+
+def linear(x, weight, bias=None):
+    return Linear.apply(x, weight, bias)

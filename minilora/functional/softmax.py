@@ -1,0 +1,116 @@
+"""softmax, log_softmax and cross_entropy (fused with log_softmax).
+
+Shapes: x (..., C) with the classes on ``axis`` (the last by default).
+cross_entropy: logits (N, C) or (B, T, C), targets (N,) or (B, T) of class ids.
+"""
+from .. import backend
+from ..autograd import Function, Tensor
+
+
+def _log_softmax(x, axis):
+    xp = backend.array_module(x)
+    shifted = x - x.max(axis=axis, keepdims=True)  # exp of a large logit would overflow; the shift cancels
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+class Softmax(Function):
+    @staticmethod
+    def forward(ctx, x, axis=-1):
+        xp = backend.array_module(x)
+        y = xp.exp(_log_softmax(x, axis))
+        ctx.y, ctx.axis = y, axis
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):  # y = softmax(x)  =>  dx = y (dy - sum(dy y))
+        y = ctx.y
+        return y * (grad - (grad * y).sum(axis=ctx.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    @staticmethod
+    def forward(ctx, x, axis=-1):
+        y = _log_softmax(x, axis)
+        ctx.y, ctx.axis = y, axis
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):  # y = x - logsumexp(x)  =>  dx = dy - softmax(x) sum(dy)
+        xp = backend.array_module(grad)
+        return grad - xp.exp(ctx.y) * grad.sum(axis=ctx.axis, keepdims=True)
+
+
+def check_class_ids(op, ids, num_classes, ignore_index=None):
+    """Raise IndexError naming the bad ids: CuPy would silently wrap them around instead."""
+    xp = backend.array_module(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{op}: ids must be integers, got dtype {ids.dtype}")
+    valid = (ids >= 0) & (ids < num_classes)
+    if ignore_index is not None:
+        valid |= ids == ignore_index
+    if not bool(valid.all()):
+        bad = backend.to_numpy(ids[~valid])
+        raise IndexError(
+            f"{op}: ids {sorted(set(bad.tolist()))[:10]} are outside [0, {num_classes}); "
+            f"{bad.size} of {ids.size} positions are bad. Fix: check the tokenizer/vocabulary size"
+            + (f" or mark ignored positions with {ignore_index}." if ignore_index is not None else ".")
+        )
+    del xp
+
+
+class CrossEntropy(Function):
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index=-100, reduction="mean"):
+        xp = backend.array_module(logits)
+        num_classes = logits.shape[-1]
+        if targets.shape != logits.shape[:-1]:
+            raise ValueError(
+                f"cross_entropy: targets of shape {tuple(targets.shape)} do not match logits "
+                f"{tuple(logits.shape)}; expected targets of shape {tuple(logits.shape[:-1])}"
+            )
+        check_class_ids("cross_entropy", targets, num_classes, ignore_index)
+        logits2d = logits.reshape(-1, num_classes)  # (N, C)
+        targets1d = targets.reshape(-1)  # (N,)
+        keep = targets1d != ignore_index  # (N,)
+        safe_targets = xp.where(keep, targets1d, 0)
+        logp = _log_softmax(logits2d, -1)  # (N, C)
+        losses = -logp[xp.arange(len(targets1d)), safe_targets] * keep  # (N,)
+        count = keep.sum()
+        ctx.logp, ctx.targets, ctx.keep, ctx.shape, ctx.reduction = logp, safe_targets, keep, logits.shape, reduction
+        if reduction == "mean":
+            ctx.count = xp.maximum(count, 1)
+            return losses.sum() / ctx.count
+        if reduction == "sum":
+            return losses.sum()
+        if reduction == "none":
+            return losses.reshape(targets.shape)
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+    @staticmethod
+    def backward(ctx, grad):
+        # loss_n = -logp[n, t_n]  =>  dlogits[n] = (softmax(logits[n]) - onehot(t_n)) dloss_n
+        xp = backend.array_module(grad)
+        dlogits = xp.exp(ctx.logp)  # (N, C)
+        dlogits[xp.arange(len(ctx.targets)), ctx.targets] -= 1
+        if ctx.reduction == "none":
+            scale = grad.reshape(-1) * ctx.keep
+        elif ctx.reduction == "mean":
+            scale = grad * ctx.keep / ctx.count
+        else:
+            scale = grad * ctx.keep
+        dlogits *= scale[:, None]
+        return dlogits.reshape(ctx.shape), None
+
+
+def softmax(x, axis=-1):
+    return Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    return LogSoftmax.apply(x, axis=axis)
+
+
+def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
+    """Mean negative log-likelihood of ``targets`` under softmax(``logits``), skipping ``ignore_index``."""
+    targets = targets.data if isinstance(targets, Tensor) else backend.asarray(targets)
+    return CrossEntropy.apply(logits, targets, ignore_index=ignore_index, reduction=reduction)
