@@ -78,7 +78,7 @@ class CrossEntropy(Function):
         count = keep.sum()
         ctx.logp, ctx.targets, ctx.keep, ctx.shape, ctx.reduction = logp, safe_targets, keep, logits.shape, reduction
         if reduction == "mean":
-            ctx.count = xp.maximum(count, 1)
+            ctx.count = xp.maximum(count, 1).astype(logits.dtype)  # an int count would promote float32 to float64
             return losses.sum() / ctx.count
         if reduction == "sum":
             return losses.sum()
