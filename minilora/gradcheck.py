@@ -64,6 +64,14 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, names=None):
     names = names or [f"input {i}" for i in range(len(inputs))]
 
     out = fn(*inputs)
+    values = backend.to_numpy(out.data)
+    if not np.all(np.isfinite(values)):
+        where = tuple(int(w) for w in np.argwhere(~np.isfinite(values))[0])
+        raise GradcheckError(
+            f"gradcheck: the function's output is {values[where]} (NaN or inf) at index {where}, "
+            "so no gradient can be checked there. Fix: keep inputs inside the op's domain "
+            "(e.g. log and sqrt of positive numbers, no division by zero)."
+        )
     rng = np.random.default_rng(seed)
     cotangent = backend.asarray(rng.standard_normal(out.shape), dtype=np.float64)
     out.backward(cotangent)
@@ -73,10 +81,10 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, names=None):
         analytic = np.zeros(x.shape) if x.grad is None else backend.to_numpy(x.grad).astype(np.float64)
         numeric = numerical_gradient(fn, inputs, i, cotangent, eps)
         if not np.all(np.isfinite(numeric)) or not np.all(np.isfinite(analytic)):
-            where = np.argwhere(~(np.isfinite(numeric) & np.isfinite(analytic)))[0]
+            where = tuple(int(w) for w in np.argwhere(~(np.isfinite(numeric) & np.isfinite(analytic)))[0])
             raise GradcheckError(
-                f"gradcheck: {names[i]} (shape {x.shape}) met a NaN or inf at index {tuple(where)}: "
-                f"analytic {analytic[tuple(where)]}, numeric {numeric[tuple(where)]}. "
+                f"gradcheck: {names[i]} (shape {x.shape}) met a NaN or inf at index {where}: "
+                f"analytic {analytic[where]}, numeric {numeric[where]}. "
                 "Fix: keep inputs inside the op's domain (e.g. log of positive numbers)."
             )
         excess = np.abs(analytic - numeric) - (atol + rtol * np.abs(numeric))

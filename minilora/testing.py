@@ -23,7 +23,7 @@ from .gradcheck import gradcheck
 
 def register_hypothesis_profiles():
     """Profiles "ci" (deadline off, few examples: ops are slow under central differences) and "dev"."""
-    settings.register_profile("ci", deadline=None, max_examples=20, derandomize=True, print_blob=True)
+    settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True, print_blob=True)
     settings.register_profile("dev", deadline=None, max_examples=50)
     settings.load_profile("ci")
 

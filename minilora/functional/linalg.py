@@ -27,20 +27,18 @@ class MatMul(Function):
     @staticmethod
     def backward(ctx, grad):  # y = a @ b  =>  da = dy @ b^T, db = a^T @ dy
         a, b = ctx.a, ctx.b
-        # Treat vectors as matrices (1-d a is a row, 1-d b a column) so one formula serves all.
-        a2 = a[None, :] if a.ndim == 1 else a
-        b2 = b[:, None] if b.ndim == 1 else b
-        g = grad
-        if a.ndim == 1:
-            g = g[..., None, :]
-        if b.ndim == 1:
-            g = g[..., None]
+        # Treat vectors as matrices (1-d a is a row, 1-d b a column) so one formula serves all,
+        # and give the gradient back the axes that the vector product dropped.
+        a2 = a[None, :] if a.ndim == 1 else a  # (..., n, k)
+        b2 = b[:, None] if b.ndim == 1 else b  # (..., k, m)
+        g = grad[..., None] if b.ndim == 1 else grad
+        g = g[..., None, :] if a.ndim == 1 else g  # (..., n, m)
         da = db = None
         if ctx.needs_input_grad[0]:
-            da = g @ b2.swapaxes(-1, -2)
-            da = da.reshape(da.shape[:-2] + (da.shape[-1],)) if a.ndim == 1 else da
+            da = g @ b2.swapaxes(-1, -2)  # (..., n, k)
+            da = da[..., 0, :] if a.ndim == 1 else da
         if ctx.needs_input_grad[1]:
-            db = a2.swapaxes(-1, -2) @ g
+            db = a2.swapaxes(-1, -2) @ g  # (..., k, m)
             db = db[..., 0] if b.ndim == 1 else db
         return da, db
 

@@ -1,0 +1,52 @@
+"""The backend switch: clear errors where CuPy cannot run, scatter-add, host random numbers."""
+import numpy as np
+import pytest
+
+import minilora
+from minilora import backend
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match=r"unknown backend 'jax'"):
+        minilora.set_backend("jax")
+
+
+def _cupy_runs():
+    try:
+        backend._import_cupy()
+        return True
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(_cupy_runs(), reason="this machine has a usable GPU, so there is no error to see")
+def test_cupy_without_a_gpu_says_why_and_how_to_fix():
+    with pytest.raises(RuntimeError, match=r"cupy backend .*Fix:"):
+        minilora.set_backend("cupy")
+    assert minilora.get_backend() == "numpy"
+
+
+def test_mixing_backends_names_both():
+    class FakeCupyArray:  # stands in for a cupy.ndarray: the check reads only the type's module
+        __module__ = "cupy._core.core"
+        shape = (3,)
+
+    with pytest.raises(TypeError, match=r"numpy array of shape \(3,\), cupy array of shape \(3,\)"):
+        backend.check_same_backend("add", [np.ones(3), FakeCupyArray()])
+
+
+def test_scatter_add_accumulates_repeated_indices():
+    target = np.zeros(4)
+    backend.scatter_add(target, np.array([1, 1, 3, 1]), np.array([1.0, 2.0, 3.0, 4.0]))
+    np.testing.assert_array_equal(target, [0.0, 7.0, 0.0, 3.0])
+
+
+def test_same_seed_same_numbers():
+    a = backend.randn((3, 2), backend.default_rng(7))
+    b = backend.randn((3, 2), backend.default_rng(7))
+    np.testing.assert_array_equal(backend.to_numpy(a), backend.to_numpy(b))
+    assert a.dtype == np.float32
+
+
+def test_to_numpy_returns_host_arrays():
+    assert isinstance(minilora.to_numpy(minilora.Tensor([1.0, 2.0]).data), np.ndarray)
