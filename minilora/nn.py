@@ -271,3 +271,104 @@ class Dropout(Module):
 
     def extra_repr(self):
         return f"p={self.p}"
+
+
+# ---- Transformer layers -----------------------------------------------------
+# Shapes below: B batch, T time (new positions), S all positions a query may see
+# (T, plus any cached ones), C channels, H heads, D = C / H channels per head.
+
+
+class MLP(Module):
+    """The feed-forward half of a block: x (B, T, C) -> c_fc (B, T, 4C) -> gelu -> c_proj (B, T, C) -> dropout."""
+
+    def __init__(self, n_embd, dropout=0.0, bias=True, rng=None):
+        super().__init__()
+        rng = _rng(rng)
+        self.c_fc = Linear(n_embd, 4 * n_embd, bias=bias, rng=rng)
+        self.c_proj = Linear(4 * n_embd, n_embd, bias=bias, rng=rng)
+        self.dropout = Dropout(dropout, rng=rng)
+
+    def forward(self, x):
+        h = F.gelu(self.c_fc(x), approximate="tanh")  # (B, T, 4C); GPT-2's "gelu_new"
+        return self.dropout(self.c_proj(h))  # (B, T, C)
+
+
+class KVCache:
+    """The keys and values one attention layer has already computed, so generation feeds only new tokens.
+
+    k, v: (B, H, S, D) Tensors, or None before the first call. ``len(cache)`` is S.
+    """
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def __len__(self):
+        return 0 if self.k is None else self.k.shape[2]
+
+    def update(self, k, v):
+        """Append this call's k, v (B, H, T, D); return all of them, (B, H, S + T, D)."""
+        if self.k is not None:
+            k = F.concatenate([self.k, k], axis=2)  # (B, H, S + T, D)
+            v = F.concatenate([self.v, v], axis=2)  # (B, H, S + T, D)
+        self.k, self.v = k, v
+        return k, v
+
+
+class CausalSelfAttention(Module):
+    """Multi-head causal self-attention with separate q, k, v and output (o) projections.
+
+    x (B, T, C) -> (B, T, C). Separate projections (GPT-2 fuses q, k, v into
+    one c_attn) let LoRA target "q" and "v" by name, as the paper does.
+    """
+
+    def __init__(self, n_embd, n_head, dropout=0.0, bias=True, rng=None):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}; each head needs n_embd / n_head channels")
+        rng = _rng(rng)
+        self.n_embd, self.n_head = n_embd, n_head
+        self.q = Linear(n_embd, n_embd, bias=bias, rng=rng)
+        self.k = Linear(n_embd, n_embd, bias=bias, rng=rng)
+        self.v = Linear(n_embd, n_embd, bias=bias, rng=rng)
+        self.o = Linear(n_embd, n_embd, bias=bias, rng=rng)
+        self.dropout = Dropout(dropout, rng=rng)
+
+    def _heads(self, x):
+        B, T, C = x.shape
+        return x.reshape(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+
+    def forward(self, x, attn_mask=None, kv_cache=None):
+        """x (B, T, C) -> (B, T, C).
+
+        attn_mask: optional boolean keep-mask broadcastable to (B, H, T, S), True
+        where a query may look; it is combined with the causal mask.
+        kv_cache: optional KVCache; this call's keys and values are appended to
+        it and the queries attend over all S cached + new positions.
+        """
+        B, T, C = x.shape
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))  # (B, H, T, D) each
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)  # (B, H, S, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=True)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return self.dropout(self.o(y))  # (B, T, C)
+
+    def extra_repr(self):
+        return f"n_embd={self.n_embd}, n_head={self.n_head}"
+
+
+class Block(Module):
+    """One pre-LayerNorm Transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)). x (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, n_embd, n_head, dropout=0.0, bias=True, eps=1e-5, rng=None):
+        super().__init__()
+        rng = _rng(rng)
+        self.ln_1 = LayerNorm(n_embd, eps=eps, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout=dropout, bias=bias, rng=rng)
+        self.ln_2 = LayerNorm(n_embd, eps=eps, bias=bias)
+        self.mlp = MLP(n_embd, dropout=dropout, bias=bias, rng=rng)
+
+    def forward(self, x, attn_mask=None, kv_cache=None):
+        """x (B, T, C) -> (B, T, C); attn_mask and kv_cache go to the attention (see CausalSelfAttention)."""
+        x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, kv_cache=kv_cache)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
