@@ -1,0 +1,182 @@
+"""LoRALinear: a frozen Linear plus named low-rank adapters, h = W0 x + b + s B A x.
+
+One layer can hold several adapters (say one per task) over one frozen W0; at
+most one is active at a time. Merging folds the active adapter into W0 so that
+inference costs one plain matmul; unmerging takes it out again.
+"""
+import math
+
+import numpy as np
+
+from .. import backend
+from ..autograd import is_grad_enabled
+from ..nn import Linear, Module, Parameter
+from .function import lora_linear
+
+
+class AdapterDict(Module):
+    """Parameters or Modules keyed by adapter name, registered so their names read ``lora_A.<adapter>``."""
+
+    def __getitem__(self, name):
+        return getattr(self, name)
+
+    def __setitem__(self, name, value):
+        setattr(self, name, value)
+
+    def __delitem__(self, name):
+        delattr(self, name)
+
+    def __contains__(self, name):
+        return name in self._parameters or name in self._modules
+
+    def keys(self):
+        return list(self._parameters) + list(self._modules)
+
+    def extra_repr(self):
+        return ", ".join(f"{name}: {p.shape}" for name, p in self._parameters.items())
+
+
+def check_adapter_name(name):
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or hasattr(AdapterDict, name) \
+            or name == "training":
+        raise ValueError(
+            f"adapter name {name!r} must be a Python identifier (letters, digits, '_') that is not a Module "
+            "attribute, because it becomes part of parameter names like 'q.lora_A.<name>'. Fix: e.g. adapter_name='task_1'."
+        )
+
+
+class LoRALinear(Module):
+    """Wraps a frozen ``Linear`` (``base_layer``); x (..., in) -> h (..., out).
+
+    Per adapter name: ``lora_A[name]`` (r, in), ``lora_B[name]`` (out, r),
+    ``scaling[name]`` = s, ``lora_dropout[name]`` = p. ``active_adapter`` picks
+    the one in use (None: the base layer alone). ``merged_adapter`` names the
+    adapter folded into ``base_layer.weight``, if any.
+    """
+
+    def __init__(self, base_layer, rng=None):
+        super().__init__()
+        if not isinstance(base_layer, Linear):
+            raise TypeError(f"LoRALinear wraps a minilora.nn.Linear, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.lora_A = AdapterDict()
+        self.lora_B = AdapterDict()
+        self.r, self.lora_alpha, self.scaling, self.lora_dropout = {}, {}, {}, {}
+        self.active_adapter = None
+        self.merged_adapter = None
+        self.rng = rng if rng is not None else backend.default_rng()
+
+    # ---- adapters -----------------------------------------------------------
+    def add_adapter(self, name, r, alpha, scaling, dropout=0.0, init=True, layer_name="this layer"):
+        """Create A (r, in) and B (out, r) for adapter ``name`` (active if no other is).
+
+        init True: A ~ U(-1/sqrt(in), 1/sqrt(in)) (Kaiming-uniform with a = sqrt(5), as loralib and
+        PEFT), B = 0.  init "gaussian": A ~ N(0, (1/r)^2) (PEFT's std; the paper says only
+        "Gaussian"), B = 0.  Either way B A = 0, so the model starts exactly where W0 left it.
+        init "pissa": see ``_pissa_init``.
+        """
+        check_adapter_name(name)
+        if name in self.lora_A:
+            raise ValueError(f"{layer_name} already has an adapter {name!r}. Fix: pick a new name or delete_adapter first.")
+        if r > min(self.in_features, self.out_features):
+            raise ValueError(
+                f"{layer_name}: rank r={r} exceeds min(in, out) = min({self.in_features}, {self.out_features}); "
+                "B A would not be low-rank. Fix: lower r, or set rank_pattern={'<name>': smaller r} for this layer."
+            )
+        dtype = self.base_layer.weight.dtype
+        if init is True:
+            bound = 1 / math.sqrt(self.in_features)
+            A = backend.uniform((r, self.in_features), -bound, bound, self.rng, dtype=dtype)
+        elif init == "gaussian":
+            A = backend.asarray(self.rng.normal(0.0, 1.0 / r, size=(r, self.in_features)), dtype=dtype)
+        elif init == "pissa":
+            A, B = self._pissa_init(r, scaling)
+        else:
+            raise ValueError(f"unknown init_lora_weights={init!r}; choose True, 'gaussian' or 'pissa'")
+        if init != "pissa":
+            B = backend.xp().zeros((self.out_features, r), dtype=dtype)
+        self.lora_A[name], self.lora_B[name] = Parameter(A), Parameter(B)
+        self.r[name], self.lora_alpha[name], self.scaling[name], self.lora_dropout[name] = r, alpha, scaling, dropout
+        if self.active_adapter is None:
+            self.active_adapter = name
+
+    def _pissa_init(self, r, scaling):
+        """PiSSA: W0 = U S V^T; A = sqrt(S_r / s) V_r^T, B = U_r sqrt(S_r / s), so s B A is W0's best rank-r part.
+
+        The base weight becomes the residual W0 - s B A (frozen): the model's
+        output is unchanged, but training starts in W0's principal directions.
+        """
+        w = self.base_layer.weight
+        U, S, Vh = np.linalg.svd(backend.to_numpy(w.data).astype(np.float64), full_matrices=False)
+        root = np.sqrt(S[:r] / scaling)  # (r,)
+        A = root[:, None] * Vh[:r]  # (r, in)
+        B = U[:, :r] * root[None, :]  # (out, r)
+        w.data = backend.asarray(backend.to_numpy(w.data) - scaling * (B @ A), dtype=w.dtype)
+        return backend.asarray(A, dtype=w.dtype), backend.asarray(B, dtype=w.dtype)
+
+    def delete_adapter(self, name):
+        self._require(name)
+        if self.merged_adapter == name:
+            raise RuntimeError(f"adapter {name!r} is merged into the base weight. Fix: unmerge_adapter() before deleting it.")
+        del self.lora_A[name], self.lora_B[name]
+        for table in (self.r, self.lora_alpha, self.scaling, self.lora_dropout):
+            del table[name]
+        if self.active_adapter == name:
+            self.active_adapter = None
+
+    def _require(self, name):
+        if name not in self.lora_A:
+            raise KeyError(f"no adapter {name!r} in this layer; it has {self.lora_A.keys()}")
+
+    def delta_weight(self, name):
+        """ΔW = s B A (out, in), the update the adapter adds to W0 (formed only for merging and analysis)."""
+        self._require(name)
+        return self.scaling[name] * (self.lora_B[name].data @ self.lora_A[name].data)
+
+    # ---- merging ------------------------------------------------------------
+    def merge(self):
+        """W0 <- W0 + s B A for the active adapter: inference then costs one plain matmul."""
+        if self.merged_adapter is not None:
+            raise RuntimeError(
+                f"adapter {self.merged_adapter!r} is already merged; merging again would add B A twice. "
+                "Fix: unmerge_adapter() first."
+            )
+        if self.active_adapter is None:
+            return
+        w = self.base_layer.weight
+        w.data = w.data + self.delta_weight(self.active_adapter)
+        self.merged_adapter = self.active_adapter
+
+    def unmerge(self):
+        """W <- W - s B A: gives W0 back to within one rounding of W0 + s B A (an ulp)."""
+        if self.merged_adapter is None:
+            return
+        w = self.base_layer.weight
+        w.data = w.data - self.delta_weight(self.merged_adapter)
+        self.merged_adapter = None
+
+    # ---- forward ------------------------------------------------------------
+    def forward(self, x):
+        if self.merged_adapter is not None:
+            if self.training and is_grad_enabled():
+                raise RuntimeError(
+                    f"adapter {self.merged_adapter!r} is merged into the base weight, so its A and B would get "
+                    "no gradient. Fix: unmerge_adapter() before training, or run inference in eval() mode "
+                    "or inside minilora.no_grad()."
+                )
+            return self.base_layer(x)
+        name = self.active_adapter
+        if name is None:
+            return self.base_layer(x)
+        p = self.lora_dropout[name]
+        mask = None
+        if self.training and p > 0:
+            keep = self.rng.random(x.shape) >= p
+            mask = backend.asarray(keep).astype(x.dtype) / (1 - p)
+        base = self.base_layer
+        return lora_linear(x, base.weight, base.bias, self.lora_A[name], self.lora_B[name], self.scaling[name], mask)
+
+    def extra_repr(self):
+        adapters = ", ".join(f"{n}: r={self.r[n]}, s={self.scaling[n]:g}" for n in self.lora_A.keys())
+        return f"in_features={self.in_features}, out_features={self.out_features}, adapters=[{adapters}], active={self.active_adapter!r}"

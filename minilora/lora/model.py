@@ -1,0 +1,247 @@
+"""get_peft_model and LoraModel: put adapters into a model by module name, train them, merge them.
+
+    model = get_peft_model(gpt, LoraConfig(r=4, lora_alpha=32))   # adapts every "q" and "v" Linear
+    trainable, total = count_parameters(model)                    # only A and B train
+    model.merge_adapter(); ...; model.unmerge_adapter()           # explicit, never inside eval()
+
+LoraModel changes the wrapped model in place (each targeted Linear becomes a
+LoRALinear holding it), as PEFT does, and forwards calls to it.
+"""
+import contextlib
+
+from .. import backend
+from ..nn import Linear, Module
+from .config import LoraConfig
+from .layer import LoRALinear, check_adapter_name
+
+
+def lora_layers(model):
+    """(name, LoRALinear) for every adapted layer of ``model``."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def mark_only_lora_as_trainable(model, bias="none"):
+    """Freeze everything except each layer's active A and B (and biases: "none", "all", or "lora_only")."""
+    if bias not in ("none", "all", "lora_only"):
+        raise ValueError(f"mark_only_lora_as_trainable: bias={bias!r} is not one of 'none', 'all', 'lora_only'.")
+    for name, p in model.named_parameters():
+        p.requires_grad_(bias == "all" and name.split(".")[-1] == "bias")
+    for _, layer in lora_layers(model):
+        if layer.active_adapter is not None:
+            layer.lora_A[layer.active_adapter].requires_grad_(True)
+            layer.lora_B[layer.active_adapter].requires_grad_(True)
+        if bias == "lora_only" and layer.base_layer.bias is not None:
+            layer.base_layer.bias.requires_grad_(True)
+    return model
+
+
+def count_parameters(model):
+    """(trainable, total) numbers of parameter values. For LoRA on L̂ square d x d matrices: 2 L̂ d r trainable."""
+    trainable = total = 0
+    for p in model.parameters():
+        total += p.size
+        trainable += p.size if p.requires_grad else 0
+    return trainable, total
+
+
+def _output_head(model):
+    """The module that maps hidden states to the vocabulary, which "all-linear" leaves alone (as PEFT)."""
+    getter = getattr(model, "get_output_embeddings", None)
+    return getter() if callable(getter) else None
+
+
+def find_target_names(model, config):
+    """Names of the Linear layers ``config`` selects; an empty selection is an error listing what exists."""
+    head = _output_head(model)
+    wrapped = {name for name, _ in lora_layers(model)}
+    targets, linear, other = [], [], []
+    for name, m in model.named_modules():
+        if name.endswith(".base_layer") and name[: -len(".base_layer")] in wrapped:
+            continue  # the Linear inside a LoRALinear is reached through the LoRALinear
+        is_linear = isinstance(m, (Linear, LoRALinear))
+        if is_linear:
+            linear.append(name)
+        if not name or not config.targets(name):
+            continue
+        if not is_linear:
+            other.append(f"{name} ({type(m).__name__})")
+        elif not (config.target_modules == "all-linear" and (m is head or name.split(".")[-1] == "lm_head")):
+            targets.append(name)
+    if not targets:
+        extra = f" It matched only modules that are not Linear: {other}." if other else ""
+        raise ValueError(
+            f"target_modules={config.target_modules!r} (exclude_modules={config.exclude_modules!r}) matches no Linear "
+            f"layer.{extra} The model's Linear layers are: {linear}. Fix: use suffixes of these names "
+            "(e.g. ['q', 'v']), a regex matching whole names, or 'all-linear'."
+        )
+    return targets
+
+
+def _set_submodule(model, name, module):
+    """Put ``module`` where ``name`` was, keeping its place in the parent (so parameter order is unchanged)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    parent._modules[child] = module  # assigning into the OrderedDict keeps the position; setattr would move it last
+    object.__setattr__(parent, child, module)
+
+
+class LoraModel(Module):
+    """A model with LoRA adapters: calls go to ``self.model``; only the active adapter's A and B train.
+
+    ``peft_config`` maps adapter name -> LoraConfig; ``active_adapter`` is the
+    name in use. Attributes the wrapper lacks are looked up on the model.
+    """
+
+    def __init__(self, model, config, adapter_name="default", rng=None):
+        super().__init__()
+        self.model = model
+        self.peft_config = {}
+        self.active_adapter = None
+        self.rng = rng if rng is not None else backend.default_rng()
+        self.add_adapter(adapter_name, config)
+        self.set_adapter(adapter_name)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name):  # only called when ordinary lookup fails
+        modules = self.__dict__.get("_modules", {})
+        if "model" in modules:
+            return getattr(modules["model"], name)
+        raise AttributeError(name)
+
+    # ---- adapters -----------------------------------------------------------
+    def add_adapter(self, adapter_name, config):
+        """Give every targeted layer a new adapter; nothing changes if any layer would refuse it."""
+        check_adapter_name(adapter_name)
+        if not isinstance(config, LoraConfig):
+            raise TypeError(f"add_adapter needs a LoraConfig, got {type(config).__name__}")
+        if adapter_name in self.peft_config:
+            raise ValueError(f"adapter {adapter_name!r} exists already (adapters: {list(self.peft_config)}). Fix: pick another name.")
+        names = find_target_names(self.model, config)
+        for name in names:
+            m = self.model.get_submodule(name)
+            r, _ = config.rank_and_alpha(name)
+            if r > min(m.in_features, m.out_features):
+                raise ValueError(
+                    f"layer {name!r} ({m.in_features} -> {m.out_features}): rank r={r} exceeds min(in, out) = "
+                    f"{min(m.in_features, m.out_features)}. Fix: lower r, or rank_pattern={{'{name}': smaller r}}."
+                )
+        for name in names:
+            m = self.model.get_submodule(name)
+            if not isinstance(m, LoRALinear):
+                m = LoRALinear(m, rng=self.rng)
+                _set_submodule(self.model, name, m)
+            r, alpha = config.rank_and_alpha(name)
+            m.add_adapter(adapter_name, r, alpha, config.scaling(r, alpha), config.lora_dropout,
+                          config.init_lora_weights, layer_name=name)
+            m.active_adapter = self.active_adapter if self.active_adapter in m.lora_A else None  # new ones wait for set_adapter
+        self.peft_config[adapter_name] = config
+        if self.active_adapter is not None:
+            mark_only_lora_as_trainable(self.model, self.peft_config[self.active_adapter].bias)
+
+    def set_adapter(self, adapter_name):
+        """Make ``adapter_name`` the one in use and the only one that trains."""
+        self._require(adapter_name)
+        self._refuse_if_merged(f"set_adapter({adapter_name!r})")
+        for _, layer in lora_layers(self.model):
+            layer.active_adapter = adapter_name if adapter_name in layer.lora_A else None
+        self.active_adapter = adapter_name
+        mark_only_lora_as_trainable(self.model, self.peft_config[adapter_name].bias)
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Inside this block the model is the base model alone (the adapters are kept, only switched off)."""
+        self._refuse_if_merged("disable_adapter()")
+        layers = lora_layers(self.model)
+        saved = [layer.active_adapter for _, layer in layers]
+        for _, layer in layers:
+            layer.active_adapter = None
+        try:
+            yield self
+        finally:
+            for (_, layer), name in zip(layers, saved):
+                layer.active_adapter = name
+
+    def delete_adapter(self, adapter_name):
+        """Remove an adapter from every layer; a layer left with none becomes its plain Linear again."""
+        self._require(adapter_name)
+        self._refuse_if_merged(f"delete_adapter({adapter_name!r})")
+        for name, layer in lora_layers(self.model):
+            if adapter_name in layer.lora_A:
+                layer.delete_adapter(adapter_name)
+            if not layer.lora_A.keys():
+                _set_submodule(self.model, name, layer.base_layer)
+        del self.peft_config[adapter_name]
+        if self.active_adapter == adapter_name:
+            self.active_adapter = None
+
+    def _require(self, adapter_name):
+        if adapter_name not in self.peft_config:
+            raise KeyError(f"no adapter named {adapter_name!r}; this model has {list(self.peft_config)}")
+
+    def _merged(self):
+        return [name for name, layer in lora_layers(self.model) if layer.merged_adapter is not None]
+
+    def _refuse_if_merged(self, action):
+        merged = self._merged()
+        if merged:
+            raise RuntimeError(f"{action}: an adapter is merged into {merged}. Fix: unmerge_adapter() first.")
+
+    # ---- merging ------------------------------------------------------------
+    def merge_adapter(self):
+        """W0 <- W0 + s B A in every adapted layer (the active adapter). Merging twice is refused."""
+        if self.active_adapter is None:
+            raise RuntimeError(f"merge_adapter(): no adapter is active (adapters: {list(self.peft_config)}). Fix: set_adapter(name).")
+        if self._merged():
+            raise RuntimeError(
+                f"merge_adapter(): adapter {self.active_adapter!r} is already merged; merging again would add "
+                "B A twice. Fix: unmerge_adapter() first."
+            )
+        for _, layer in lora_layers(self.model):
+            layer.merge()
+
+    def unmerge_adapter(self):
+        """W <- W - s B A: W0 comes back to within one ulp."""
+        if not self._merged():
+            raise RuntimeError("unmerge_adapter(): nothing is merged. Fix: call merge_adapter() first.")
+        for _, layer in lora_layers(self.model):
+            layer.unmerge()
+
+    def merge_and_unload(self):
+        """Merge the active adapter and return the plain model, every LoRALinear replaced by its merged Linear."""
+        if not self._merged() and self.active_adapter is not None:
+            self.merge_adapter()
+        for name, layer in lora_layers(self.model):
+            _set_submodule(self.model, name, layer.base_layer)
+        self.peft_config.clear()
+        self.active_adapter = None
+        return self.model
+
+
+    # ---- files (minilora.lora.files; imported here because that module imports this one) ----
+    def save_pretrained(self, path, adapter_name=None):
+        """Write only the adapter: adapter_model.safetensors + adapter_config.json."""
+        from .files import save_adapter
+        return save_adapter(self, path, adapter_name)
+
+    def load_adapter(self, path, adapter_name):
+        """Add a saved adapter under ``adapter_name``; set_adapter(adapter_name) to use it."""
+        from .files import load_adapter
+        return load_adapter(self, path, adapter_name)
+
+    @classmethod
+    def from_pretrained(cls, model, path, adapter_name="default"):
+        """Wrap ``model`` with a saved adapter, active."""
+        from .files import from_pretrained
+        return from_pretrained(model, path, adapter_name)
+
+    def adapter_size(self, adapter_name=None):
+        """{"adapter_bytes", "full_bytes", "ratio"}: the adapter file's payload beside a full checkpoint's."""
+        from .files import adapter_size
+        return adapter_size(self, adapter_name)
+
+
+def get_peft_model(model, config, adapter_name="default", rng=None):
+    """Add LoRA adapters to ``model`` (in place) and return the LoraModel wrapping it; only A and B train."""
+    return LoraModel(model, config, adapter_name, rng=rng)
