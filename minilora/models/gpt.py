@@ -18,7 +18,7 @@ import numpy as np
 from .. import backend
 from .. import functional as F
 from ..autograd import Tensor
-from ..nn import Block, Dropout, Embedding, KVCache, LayerNorm, Linear, Module, ModuleList, Parameter
+from ..nn import Block, Dropout, Embedding, KVCache, LayerNorm, Linear, Module, ModuleList
 
 
 @dataclasses.dataclass
