@@ -149,7 +149,13 @@ class LoRALinear(Module):
         self.merged_adapter = self.active_adapter
 
     def unmerge(self):
-        """W <- W - s B A: gives W0 back to within one rounding of W0 + s B A (an ulp)."""
+        """W <- W - s B A: W0 comes back to within one ulp of max(|W0|, |W0 + s B A|).
+
+        Rounding W0 + s B A dropped W0's bits below the merged value's ulp, and
+        no subtraction can bring them back; for the usual small update that is
+        one ulp of W0 itself. Keeping an exact copy would cost the d x k memory
+        merging is meant to save.
+        """
         if self.merged_adapter is None:
             return
         w = self.base_layer.weight

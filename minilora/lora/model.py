@@ -202,7 +202,7 @@ class LoraModel(Module):
             layer.merge()
 
     def unmerge_adapter(self):
-        """W <- W - s B A: W0 comes back to within one ulp."""
+        """W <- W - s B A: W0 comes back to within one ulp (see LoRALinear.unmerge)."""
         if not self._merged():
             raise RuntimeError("unmerge_adapter(): nothing is merged. Fix: call merge_adapter() first.")
         for _, layer in lora_layers(self.model):
