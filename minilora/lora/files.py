@@ -129,8 +129,8 @@ def copy_adapter_arrays(lora_model, adapter_name, arrays):
     layers = dict(lora_layers(lora_model.model))
     params = {_plain(n): p for n, p in lora_model.model.named_parameters()}
     for key, array in arrays.items():
-        layer_name, _, kind = key.rpartition(".lora_")  # "h.0.q.lora_A.weight" -> ("h.0.q", "A.weight")
-        target = getattr(layers[layer_name], "lora_" + kind[0])[adapter_name] if kind else params[key]
+        layer_name, is_factor, kind = key.rpartition(".lora_")  # "h.0.q.lora_A.weight" -> ("h.0.q", ".lora_", "A.weight")
+        target = getattr(layers[layer_name], "lora_" + kind[0])[adapter_name] if is_factor else params[key]
         target.data = backend.asarray(array, dtype=target.dtype).copy()
 
 

@@ -1,0 +1,174 @@
+"""PEFT as the oracle: its LoRA Linear layer, and its GPT-2 adapter files, both ways."""
+import numpy as np
+import pytest
+
+import minilora
+from minilora import Tensor, no_grad
+from minilora.lora import LoraConfig, LoRALinear, get_peft_model, load_peft_gpt2, lora_layers, save_peft_gpt2
+from minilora.models.gpt import GPT, GPTConfig
+from minilora.nn import Linear
+from conftest import require_oracle
+
+pytestmark = pytest.mark.oracle
+
+
+@pytest.fixture
+def float64():
+    minilora.set_default_dtype("float64")
+    yield
+    minilora.set_default_dtype("float32")
+
+
+class _Holder:
+    """Builds a torch module with one Linear called "q", so PEFT's get_peft_model can target it."""
+
+    @staticmethod
+    def make(torch, k, d):
+        class M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.q = torch.nn.Linear(k, d)
+
+            def forward(self, x):
+                return self.q(x)
+
+        return M()
+
+
+@pytest.mark.parametrize("r, alpha, rslora", [(2, 4, False), (3, 5, True)])
+def test_same_factors_same_outputs_and_gradients_as_peft_linear(torch, float64, r, alpha, rslora):
+    peft = require_oracle("peft")
+    k, d = 5, 4
+    rng = np.random.default_rng(0)
+    W0, b = rng.standard_normal((d, k)), rng.standard_normal(d)
+    A, B, x = rng.standard_normal((r, k)), rng.standard_normal((d, r)), rng.standard_normal((2, 3, k))
+    g = rng.standard_normal((2, 3, d))
+
+    base = Linear(k, d)
+    base.weight.data, base.bias.data = W0.copy(), b.copy()
+    config = LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora)
+    ours = LoRALinear(base)
+    ours.add_adapter("default", r, alpha, config.scaling(r, alpha))
+    ours.base_layer.requires_grad_(False)
+    ours.lora_A["default"].data, ours.lora_B["default"].data = A.copy(), B.copy()
+    xt = Tensor(x, requires_grad=True)
+    h = ours(xt)
+    h.backward(g)
+
+    theirs = _Holder.make(torch, k, d)
+    with torch.no_grad():
+        theirs.q.weight.copy_(torch.tensor(W0))
+        theirs.q.bias.copy_(torch.tensor(b))
+    theirs = peft.get_peft_model(theirs, peft.LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=["q"]))
+    layer = theirs.base_model.model.q
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(torch.tensor(A))
+        layer.lora_B["default"].weight.copy_(torch.tensor(B))
+    xt_t = torch.tensor(x, requires_grad=True)
+    ht = theirs(xt_t)
+    ht.backward(torch.tensor(g))
+
+    assert ours.scaling["default"] == pytest.approx(layer.scaling["default"], rel=1e-15)
+    np.testing.assert_allclose(h.data, ht.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(xt.grad, xt_t.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ours.lora_A["default"].grad, layer.lora_A["default"].weight.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ours.lora_B["default"].grad, layer.lora_B["default"].weight.grad.numpy(), rtol=1e-12, atol=1e-12)
+    assert base.weight.grad is None and layer.base_layer.weight.grad is None
+
+
+def test_pissa_matches_peft(torch):
+    peft = require_oracle("peft")
+    rng = np.random.default_rng(1)
+    W0 = rng.standard_normal((6, 8)).astype(np.float32)
+    base = Linear(8, 6)
+    base.weight.data = W0.copy()
+    ours = LoRALinear(base)
+    ours.add_adapter("default", 2, 4, 2.0, init="pissa")
+
+    theirs = _Holder.make(torch, 8, 6).float()
+    with torch.no_grad():
+        theirs.q.weight.copy_(torch.tensor(W0))
+    theirs = peft.get_peft_model(theirs, peft.LoraConfig(r=2, lora_alpha=4, init_lora_weights="pissa", target_modules=["q"]))
+    layer = theirs.base_model.model.q
+    delta = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight).detach().numpy() * 2.0
+    np.testing.assert_allclose(ours.delta_weight("default"), delta, atol=1e-5)  # B A is unique; signs of U, V are not
+    np.testing.assert_allclose(base.weight.data, layer.base_layer.weight.detach().numpy(), atol=1e-5)
+
+
+# ---- GPT-2 adapter files ----------------------------------------------------------
+IDX = np.random.default_rng(0).integers(0, 50, (2, 7))
+
+
+@pytest.fixture
+def gpt2_folder(tmp_path, float64):
+    """A tiny random GPT-2 written as a Hugging Face folder, and its minilora twin."""
+    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=50, seed=3))
+    gpt.save_pretrained(tmp_path / "base")
+    return tmp_path, gpt
+
+
+def hf_peft_logits(torch, base_path, adapter_path):
+    transformers, peft = require_oracle("transformers"), require_oracle("peft")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(base_path, dtype=torch.float64).eval()
+    model = peft.PeftModel.from_pretrained(hf, adapter_path).eval()
+    with torch.no_grad():
+        return model(torch.tensor(IDX)).logits.numpy(), model
+
+
+def our_logits(model):
+    with no_grad():
+        return model.eval()(IDX)[0].data
+
+
+@pytest.mark.parametrize("config", [
+    LoraConfig(r=2, lora_alpha=4),  # the paper's q, v -> c_attn of rank 4
+    LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", rank_pattern={r"1\.attn\.v": 3}, alpha_pattern={"q": 1}),
+    LoraConfig(r=4, lora_alpha=2, use_rslora=True, target_modules=["k", "mlp.c_proj"]),
+])
+def test_exported_adapter_gives_peft_the_same_logits(torch, gpt2_folder, config):
+    tmp_path, gpt = gpt2_folder
+    model = get_peft_model(gpt, config)
+    rng = np.random.default_rng(7)
+    for _, layer in lora_layers(model.model):
+        layer.lora_B["default"].data = rng.standard_normal(layer.lora_B["default"].shape) * 0.3
+    save_peft_gpt2(model, tmp_path / "adapter")
+    theirs, _ = hf_peft_logits(torch, tmp_path / "base", tmp_path / "adapter")
+    np.testing.assert_allclose(our_logits(model), theirs, rtol=1e-9, atol=1e-10)
+
+
+def test_peft_adapter_imports_with_the_same_logits(torch, gpt2_folder):
+    transformers, peft = require_oracle("transformers"), require_oracle("peft")
+    tmp_path, _ = gpt2_folder
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base", dtype=torch.float64)
+    config = peft.LoraConfig(r=3, lora_alpha=6, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
+                             init_lora_weights=False, alpha_pattern={"h.1.attn.c_attn": 2})  # B random
+    theirs = peft.get_peft_model(hf, config).eval()
+    theirs.save_pretrained(tmp_path / "adapter")
+    with torch.no_grad():
+        expected = theirs(torch.tensor(IDX)).logits.numpy()
+    ours = load_peft_gpt2(GPT.from_pretrained(tmp_path / "base", dtype="float64"), tmp_path / "adapter")
+    np.testing.assert_allclose(our_logits(ours), expected, rtol=1e-9, atol=1e-10)
+    q, k = ours.model.blocks[0].attn.q, ours.model.blocks[0].attn.k
+    np.testing.assert_array_equal(q.lora_A["default"].data, k.lora_A["default"].data)  # c_attn's A, shared
+    assert q.r["default"] == 3 and ours.model.blocks[1].attn.v.scaling["default"] == 2 / 3
+
+    # ... and back out again: PEFT reads what we write.
+    save_peft_gpt2(ours, tmp_path / "again")
+    again, _ = hf_peft_logits(torch, tmp_path / "base", tmp_path / "again")
+    np.testing.assert_allclose(again, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_peft_features_we_cannot_load_are_named(gpt2_folder):
+    from minilora.lora import from_peft_gpt2
+
+    with pytest.raises(ValueError, match=r"use_dora=True.*bias='all'"):
+        from_peft_gpt2({"peft_type": "LORA", "use_dora": True, "bias": "all", "lora_alpha": 8}, {})
+    with pytest.raises(ValueError, match=r"'base_model\.model\.lm_head\.lora_A\.weight' is not a LoRA factor of a GPT-2 block"):
+        from_peft_gpt2({"peft_type": "LORA", "lora_alpha": 8}, {"base_model.model.lm_head.lora_A.weight": np.zeros((2, 16))})
+
+
+def test_export_refuses_a_layer_gpt2_lacks(gpt2_folder):
+    _, gpt = gpt2_folder
+    model = get_peft_model(gpt, LoraConfig(r=2, target_modules=["lm_head"]))
+    with pytest.raises(ValueError, match=r"layer 'lm_head' has no GPT-2 counterpart"):
+        save_peft_gpt2(model, "/nonexistent")
