@@ -9,7 +9,6 @@ import math
 
 from .. import backend
 from ..autograd import Function, Tensor
-from .softmax import _log_softmax
 
 
 class ScaledDotProductAttention(Function):
@@ -17,12 +16,15 @@ class ScaledDotProductAttention(Function):
     def forward(ctx, q, k, v, allowed, scale):
         xp = backend.array_module(q)
         # 1. scores = q k^T * scale
-        scores = (q @ k.swapaxes(-1, -2)) * scale  # (B, H, T, S)
+        scores = q @ k.swapaxes(-1, -2)  # (B, H, T, S)
+        scores *= scale
         # 2. masked positions get -inf, so softmax gives them exactly 0
         if allowed is not None:
             scores = xp.where(allowed, scores, -xp.inf)
-        # 3. probabilities over the keys
-        probs = xp.exp(_log_softmax(scores, -1))  # (B, H, T, S)
+        # 3. probabilities over the keys: softmax, in place (this (B, H, T, S) array is the largest here)
+        scores -= scores.max(axis=-1, keepdims=True)  # exp of a large score would overflow; the shift cancels
+        probs = xp.exp(scores, out=scores)
+        probs /= probs.sum(axis=-1, keepdims=True)  # (B, H, T, S)
         # 4. weighted sum of values
         ctx.q, ctx.k, ctx.v, ctx.probs, ctx.scale = q, k, v, probs, scale
         return probs @ v  # (B, H, T, D)

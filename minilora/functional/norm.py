@@ -11,10 +11,11 @@ class LayerNorm(Function):
     def forward(ctx, x, weight, bias, eps=1e-5):
         xp = backend.array_module(x)
         # 1. statistics over the last axis
-        mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
-        rstd = 1 / xp.sqrt(((x - mean) ** 2).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+        centered = x - x.mean(axis=-1, keepdims=True)  # (..., C)
+        rstd = 1 / xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
         # 2. normalise
-        xhat = (x - mean) * rstd  # (..., C)
+        xhat = centered
+        xhat *= rstd  # (..., C): x - mean is not needed again, so normalise it in place
         # 3. scale and shift
         ctx.xhat, ctx.rstd, ctx.weight = xhat, rstd, weight
         y = xhat * weight if weight is not None else xhat

@@ -1,0 +1,121 @@
+"""Time one full fine-tuning step of the classroom GPT in minilora (NumPy) and in PyTorch eager, side by side.
+
+Shape: 4 layers, d=128, 4 heads, T=64, B=32, vocab 96, fp32, AdamW, dropout 0.
+A step is zero_grad + forward + cross-entropy + backward + AdamW.step.
+Each side runs --warmup steps, then the median of --steps timed steps is printed.
+
+    python bench/bench_cpu_step.py [--steps 20] [--warmup 5] [--threads N]
+"""
+import argparse
+import math
+import statistics
+import time
+
+import numpy as np
+
+SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=96)
+BATCH = 32
+
+
+def time_steps(step, warmup, steps):
+    """Median wall-clock milliseconds of ``step()`` over ``steps`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def minilora_step(idx, targets):
+    from minilora.models import GPT, GPTConfig
+    from minilora.optim import AdamW
+
+    model = GPT(GPTConfig(**SHAPE, dropout=0.0))
+    opt = AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad()
+        _, loss = model(idx, targets)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def torch_step(idx, targets):
+    """The same GPT (pre-LN, separate q/k/v/o, tanh gelu, tied lm_head) in plain PyTorch."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    C, H, T = SHAPE["n_embd"], SHAPE["n_head"], SHAPE["block_size"]
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+            self.q, self.k, self.v, self.o = (nn.Linear(C, C) for _ in range(4))
+            self.c_fc, self.c_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            h = self.ln_1(x)
+            q, k, v = (p(h).view(B, T, H, C // H).transpose(1, 2) for p in (self.q, self.k, self.v))  # (B, H, T, D)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+            x = x + self.o(y)
+            return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(SHAPE["vocab_size"], C), nn.Embedding(T, C)
+            self.blocks = nn.ModuleList(Block() for _ in range(SHAPE["n_layer"]))
+            self.ln_f = nn.LayerNorm(C)
+
+        def forward(self, idx, targets):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for block in self.blocks:
+                x = block(x)
+            logits = self.ln_f(x) @ self.wte.weight.T  # tied lm_head
+            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+    torch.manual_seed(0)
+    model = GPT()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    idx_t, targets_t = torch.from_numpy(idx), torch.from_numpy(targets)
+
+    def step():
+        opt.zero_grad()
+        model(idx_t, targets_t).backward()
+        opt.step()
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per side (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    args = parser.parse_args()
+
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, SHAPE["vocab_size"], size=(BATCH, SHAPE["block_size"]), dtype=np.int64)  # (B, T)
+    targets = rng.integers(0, SHAPE["vocab_size"], size=(BATCH, SHAPE["block_size"]), dtype=np.int64)  # (B, T)
+
+    ours = time_steps(minilora_step(idx, targets), args.warmup, args.steps)
+    theirs = time_steps(torch_step(idx, targets), args.warmup, args.steps)
+    print(f"classroom GPT {SHAPE}, B={BATCH}, fp32, AdamW, full fine-tuning; median of {args.steps} steps after {args.warmup} warmup")
+    print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"minilora (NumPy): {ours:7.1f} ms/step")
+    print(f"PyTorch eager:    {theirs:7.1f} ms/step")
+    print(f"ratio minilora / PyTorch: {ours / theirs:.2f}" + ("  (minilora is faster)" if ours < theirs else ""))
+    assert math.isfinite(ours) and math.isfinite(theirs)
+
+
+if __name__ == "__main__":
+    main()
