@@ -10,10 +10,10 @@ from .batching import IGNORE_INDEX, encode_examples, random_rows, random_windows
 from .corpus import pretraining_corpus
 from .metrics import corpus_bleu, exact_match
 from .tasks import SEPARATOR, Example, Splits, e2e_task, list_task, meaning_representation
-from .tokenizers import PRINTABLE, CharTokenizer, HFTokenizer, load_tokenizer
+from .tokenizers import CHAR_TOKENIZER_FILE, PRINTABLE, CharTokenizer, HFTokenizer, load_tokenizer
 
 __all__ = [
-    "CharTokenizer", "HFTokenizer", "load_tokenizer", "PRINTABLE", "pretraining_corpus",
+    "CharTokenizer", "HFTokenizer", "load_tokenizer", "PRINTABLE", "CHAR_TOKENIZER_FILE", "pretraining_corpus",
     "Example", "Splits", "e2e_task", "list_task", "meaning_representation", "SEPARATOR",
     "random_windows", "encode_examples", "random_rows", "IGNORE_INDEX", "exact_match", "corpus_bleu",
 ]
