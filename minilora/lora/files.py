@@ -14,7 +14,7 @@ import numpy as np
 from .. import backend
 from ..io import load_json, load_safetensors, save_json, save_safetensors
 from .config import LoraConfig
-from .model import find_target_names, lora_layers
+from .model import LoraModel, find_target_names, lora_layers
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -115,8 +115,6 @@ def load_adapter(lora_model, path, adapter_name):
 
 def from_pretrained(model, path, adapter_name="default"):
     """Wrap a plain ``model`` with the adapter saved in ``path``, active (PEFT's PeftModel.from_pretrained)."""
-    from .model import LoraModel
-
     config, arrays = read_adapter(path)
     check_adapter_fits(model, config, arrays, source=path)
     lora_model = LoraModel(model, config, adapter_name)
@@ -131,7 +129,7 @@ def copy_adapter_arrays(lora_model, adapter_name, arrays):
     for key, array in arrays.items():
         layer_name, is_factor, kind = key.rpartition(".lora_")  # "h.0.q.lora_A.weight" -> ("h.0.q", ".lora_", "A.weight")
         target = getattr(layers[layer_name], "lora_" + kind[0])[adapter_name] if is_factor else params[key]
-        target.data = backend.asarray(array, dtype=target.dtype).copy()
+        target.data = backend.array_module(target.data).asarray(array, dtype=target.dtype).copy()
 
 
 def adapter_size(lora_model, adapter_name=None):

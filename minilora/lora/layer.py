@@ -84,19 +84,19 @@ class LoRALinear(Module):
                 f"{layer_name}: rank r={r} exceeds min(in, out) = min({self.in_features}, {self.out_features}); "
                 "B A would not be low-rank. Fix: lower r, or set rank_pattern={'<name>': smaller r} for this layer."
             )
-        dtype = self.base_layer.weight.dtype
+        # Drawn on the host (one seed, one adapter on every backend), then put beside W0.
         if init is True:
             bound = 1 / math.sqrt(self.in_features)
-            A = backend.uniform((r, self.in_features), -bound, bound, self.rng, dtype=dtype)
+            A = self.rng.uniform(-bound, bound, size=(r, self.in_features))
         elif init == "gaussian":
-            A = backend.asarray(self.rng.normal(0.0, 1.0 / r, size=(r, self.in_features)), dtype=dtype)
+            A = self.rng.normal(0.0, 1.0 / r, size=(r, self.in_features))
         elif init == "pissa":
             A, B = self._pissa_init(r, scaling)
         else:
             raise ValueError(f"unknown init_lora_weights={init!r}; choose True, 'gaussian' or 'pissa'")
         if init != "pissa":
-            B = backend.xp().zeros((self.out_features, r), dtype=dtype)
-        self.lora_A[name], self.lora_B[name] = Parameter(A), Parameter(B)
+            B = np.zeros((self.out_features, r))
+        self.lora_A[name], self.lora_B[name] = self._beside_base(A), self._beside_base(B)
         self.r[name], self.lora_alpha[name], self.scaling[name], self.lora_dropout[name] = r, alpha, scaling, dropout
         if self.active_adapter is None:
             self.active_adapter = name
@@ -108,12 +108,20 @@ class LoRALinear(Module):
         output is unchanged, but training starts in W0's principal directions.
         """
         w = self.base_layer.weight
-        U, S, Vh = np.linalg.svd(backend.to_numpy(w.data).astype(np.float64), full_matrices=False)
+        W0 = backend.to_numpy(w.data).astype(np.float64)
+        U, S, Vh = np.linalg.svd(W0, full_matrices=False)
         root = np.sqrt(S[:r] / scaling)  # (r,)
         A = root[:, None] * Vh[:r]  # (r, in)
         B = U[:, :r] * root[None, :]  # (out, r)
-        w.data = backend.asarray(backend.to_numpy(w.data) - scaling * (B @ A), dtype=w.dtype)
-        return backend.asarray(A, dtype=w.dtype), backend.asarray(B, dtype=w.dtype)
+        w.data = self._beside_base(W0 - scaling * (B @ A)).data
+        return A, B
+
+    def _beside_base(self, values):
+        """A Parameter holding host ``values`` in W0's dtype, on W0's backend (the model may live on the GPU)."""
+        w = self.base_layer.weight
+        p = Parameter(values, dtype=w.dtype)  # made on the current backend,
+        p.data = backend.array_module(w.data).asarray(values, dtype=w.dtype)  # then moved beside W0
+        return p
 
     def delete_adapter(self, name):
         self._require(name)
@@ -179,7 +187,7 @@ class LoRALinear(Module):
         mask = None
         if self.training and p > 0:
             keep = self.rng.random(x.shape) >= p
-            mask = backend.asarray(keep).astype(x.dtype) / (1 - p)
+            mask = backend.array_module(x.data).asarray(keep).astype(x.dtype) / (1 - p)  # drawn on the host, as F.dropout
         base = self.base_layer
         return lora_linear(x, base.weight, base.bias, self.lora_A[name], self.lora_B[name], self.scaling[name], mask)
 
