@@ -37,6 +37,15 @@ def _import_cupy():
     return cupy
 
 
+def cupy_unavailable_reason():
+    """Why the cupy backend cannot run on this machine, or None if it can (tests skip GPU-only checks on this)."""
+    try:
+        _import_cupy()
+    except RuntimeError as error:
+        return str(error)
+    return None
+
+
 def set_backend(name):
     """Choose where new tensors live: "numpy" (CPU) or "cupy" (NVIDIA GPU)."""
     if name not in _BACKENDS:
@@ -102,16 +111,21 @@ def to_numpy(x):
     return np.asarray(x)
 
 
-def asarray(data, dtype=None):
-    """Put ``data`` (a list, a number, or an array of either backend) on the current backend."""
-    if is_cupy_array(data) and _state["name"] == "numpy":
+def asarray(data, dtype=None, like=None):
+    """Put ``data`` (a list, a number, or an array of either backend) on the current backend.
+
+    ``like``: an array; put ``data`` on *its* backend instead (as ``numpy.asarray(..., like=)``),
+    e.g. a loaded weight beside the parameter it replaces, wherever the model lives.
+    """
+    module = _state["xp"] if like is None else array_module(like)
+    if is_cupy_array(data) and module is np:
         data = data.get()
     if dtype is None and not hasattr(data, "dtype"):
         as_host = np.asarray(data)
         dtype = _state["default_dtype"] if as_host.dtype.kind in "fc" or as_host.dtype == object else None
         if as_host.dtype.kind in "iub" and as_host.dtype != np.bool_:
             dtype = np.int64
-    return _state["xp"].asarray(data, dtype=dtype)
+    return module.asarray(data, dtype=dtype)
 
 
 def scatter_add(target, indices, values):

@@ -73,7 +73,7 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, names=None):
             "(e.g. log and sqrt of positive numbers, no division by zero)."
         )
     rng = np.random.default_rng(seed)
-    cotangent = backend.asarray(rng.standard_normal(out.shape), dtype=np.float64)
+    cotangent = backend.asarray(rng.standard_normal(out.shape), dtype=np.float64, like=out.data)
     out.backward(cotangent)
 
     for i in checked:

@@ -121,7 +121,7 @@ class Module:
             )
         for name, p in own.items():
             if name in state_dict:
-                p.data = backend.asarray(state_dict[name], dtype=p.dtype).copy()
+                p.data = backend.asarray(state_dict[name], dtype=p.dtype, like=p.data).copy()  # beside p, on p's backend
         return missing, unexpected
 
     # ---- modes and housekeeping -------------------------------------------

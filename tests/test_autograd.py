@@ -4,7 +4,7 @@ import pytest
 
 import minilora
 import minilora.functional as F
-from minilora import Function, Tensor, no_grad
+from minilora import Function, Tensor, no_grad, to_numpy
 
 
 def leaf(values):
@@ -15,7 +15,7 @@ def test_gradients_accumulate_over_two_backward_calls():
     x = leaf([1.0, 2.0, 3.0])
     (x * x).sum().backward()
     (3 * x).sum().backward()
-    np.testing.assert_array_equal(x.grad, 2 * np.array([1.0, 2.0, 3.0]) + 3)
+    np.testing.assert_array_equal(to_numpy(x.grad), 2 * np.array([1.0, 2.0, 3.0]) + 3)
 
 
 def test_zero_grad_resets():
@@ -24,7 +24,7 @@ def test_zero_grad_resets():
     x.zero_grad()
     assert x.grad is None
     (x * 5).sum().backward()
-    np.testing.assert_array_equal(x.grad, [5.0, 5.0])
+    np.testing.assert_array_equal(to_numpy(x.grad), [5.0, 5.0])
 
 
 def test_no_grad_builds_no_graph():
@@ -43,7 +43,7 @@ def test_chain_of_ten_thousand_ops_backpropagates_without_recursion():
     for _ in range(10_000):
         y = y * 1.0001
     y.sum().backward()
-    np.testing.assert_allclose(x.grad, [1.0001 ** 10_000], rtol=1e-9)
+    np.testing.assert_allclose(to_numpy(x.grad), [1.0001 ** 10_000], rtol=1e-9)
 
 
 def test_shared_subexpression_gets_the_sum_of_both_paths():
@@ -51,13 +51,13 @@ def test_shared_subexpression_gets_the_sum_of_both_paths():
     shared = x * x  # used twice below
     (shared * 3 + shared.exp()).sum().backward()
     # d/dx (3 x^2 + e^(x^2)) = 6x + 2x e^(x^2)
-    np.testing.assert_allclose(x.grad, [6 * 2.0 + 2 * 2.0 * np.exp(4.0)], rtol=1e-12)
+    np.testing.assert_allclose(to_numpy(x.grad), [6 * 2.0 + 2 * 2.0 * np.exp(4.0)], rtol=1e-12)
 
 
 def test_same_tensor_on_both_sides_of_an_op():
     x = leaf([3.0])
     (x * x).sum().backward()
-    np.testing.assert_allclose(x.grad, [6.0])
+    np.testing.assert_allclose(to_numpy(x.grad), [6.0])
 
 
 def test_inputs_without_requires_grad_get_no_gradient():
@@ -65,15 +65,15 @@ def test_inputs_without_requires_grad_get_no_gradient():
     c = Tensor(np.array([4.0, 5.0]))
     (x * c).sum().backward()
     assert c.grad is None
-    np.testing.assert_array_equal(x.grad, [4.0, 5.0])
+    np.testing.assert_array_equal(to_numpy(x.grad), [4.0, 5.0])
 
 
 def test_broadcast_gradient_is_summed_back_to_the_input_shape():
     x = leaf(np.ones((3, 1)))
     b = leaf(np.arange(4.0))
     (x + b).sum().backward()
-    np.testing.assert_array_equal(x.grad, np.full((3, 1), 4.0))
-    np.testing.assert_array_equal(b.grad, np.full(4, 3.0))
+    np.testing.assert_array_equal(to_numpy(x.grad), np.full((3, 1), 4.0))
+    np.testing.assert_array_equal(to_numpy(b.grad), np.full(4, 3.0))
 
 
 def test_non_contiguous_leaf():
@@ -81,7 +81,7 @@ def test_non_contiguous_leaf():
     x = Tensor(base.T, requires_grad=True)  # a transposed, non-contiguous view
     assert not x.data.flags.c_contiguous
     (x * x).sum().backward()
-    np.testing.assert_array_equal(x.grad, 2 * base.T)
+    np.testing.assert_array_equal(to_numpy(x.grad), 2 * base.T)
 
 
 def test_graph_is_freed_after_backward():
@@ -98,14 +98,14 @@ def test_retain_graph_allows_a_second_backward():
     y = (x * x).sum()
     y.backward(retain_graph=True)
     y.backward()
-    np.testing.assert_array_equal(x.grad, 2 * 2 * np.array([1.0, 2.0]))
+    np.testing.assert_array_equal(to_numpy(x.grad), 2 * 2 * np.array([1.0, 2.0]))
 
 
 def test_detach_cuts_the_graph():
     x = leaf([1.0, 2.0])
     y = (x * x).detach() * x
     y.sum().backward()
-    np.testing.assert_array_equal(x.grad, [1.0, 4.0])
+    np.testing.assert_array_equal(to_numpy(x.grad), [1.0, 4.0])
 
 
 def test_python_operators():
@@ -114,15 +114,15 @@ def test_python_operators():
     out.backward()
     # out = (a0 b0 + a1 b1)^2 + (a0 + a1)/2 + 1 - a1;  with s = a.b = 11
     np.testing.assert_allclose(out.item(), 121 + 1.5 + 1 - 2.0)
-    np.testing.assert_allclose(a.grad, [[2 * 11 * 3 + 0.5, 2 * 11 * 4 + 0.5 - 1]])
-    np.testing.assert_allclose(b.grad, [[2 * 11 * 1], [2 * 11 * 2]])
+    np.testing.assert_allclose(to_numpy(a.grad), [[2 * 11 * 3 + 0.5, 2 * 11 * 4 + 0.5 - 1]])
+    np.testing.assert_allclose(to_numpy(b.grad), [[2 * 11 * 1], [2 * 11 * 2]])
 
 
 def test_reverse_operators_with_numbers_and_arrays():
     x = leaf([2.0])
     y = 1 - x + 3 * x + 8 / x + np.array([1.0]) * x
     y.sum().backward()
-    np.testing.assert_allclose(x.grad, [-1 + 3 - 8 / 4 + 1])
+    np.testing.assert_allclose(to_numpy(x.grad), [-1 + 3 - 8 / 4 + 1])
 
 
 def test_a_student_written_function():
@@ -164,4 +164,4 @@ def test_split_and_concatenate_round_trip():
     pieces = F.split(x, [3, 7])
     assert [p.shape for p in pieces] == [(3,), (7,)]
     F.concatenate(pieces[::-1]).sum().backward()
-    np.testing.assert_array_equal(x.grad, np.ones(10))
+    np.testing.assert_array_equal(to_numpy(x.grad), np.ones(10))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import minilora
+from minilora import backend
 from minilora.generate import sample_next
 from minilora.models import GPT, GPTConfig
 from module_gradcheck import assert_module_gradcheck, default_dtype
@@ -32,7 +33,7 @@ def tokens(shape, seed=0, vocab=TINY.vocab_size):
 def test_loss_gradcheck_every_parameter():
     model = tiny_gpt()
     for name, p in model.named_parameters():  # move off the init (zero biases, unit LayerNorms) so every term shows
-        p.data = p.data + np.random.default_rng(len(name)).normal(0, 0.1, p.shape)
+        p.data = p.data + backend.asarray(np.random.default_rng(len(name)).normal(0, 0.1, p.shape))
     idx, targets = tokens((2, 5), seed=1), tokens((2, 5), seed=2)
     targets[0, 1] = -100
     assert_module_gradcheck(model, lambda: model(idx, targets)[1])
@@ -41,9 +42,9 @@ def test_loss_gradcheck_every_parameter():
 def test_same_seed_same_model_other_seed_other_model():
     a, b, c = tiny_gpt(), tiny_gpt(), tiny_gpt(seed=1)
     for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
-        np.testing.assert_array_equal(pa.data, pb.data, err_msg=name)
+        np.testing.assert_array_equal(pa.numpy(), pb.numpy(), err_msg=name)
         if pa.ndim == 2:
-            assert not np.array_equal(pa.data, pc.data), name
+            assert not np.array_equal(pa.numpy(), pc.numpy()), name
 
 
 def test_gpt2_init_statistics():
@@ -70,7 +71,7 @@ def test_loss_is_mean_cross_entropy_over_kept_targets():
     idx, targets = tokens((2, 4), seed=3), tokens((2, 4), seed=4)
     targets[1, 2:] = -100
     logits, loss = model(idx, targets)
-    logp = logits.data - np.log(np.exp(logits.data).sum(-1, keepdims=True))
+    logp = logits.numpy() - np.log(np.exp(logits.numpy()).sum(-1, keepdims=True))
     keep = targets != -100
     expected = -logp[keep, targets[keep]].mean()
     assert logits.shape == (2, 4, TINY.vocab_size)
@@ -100,7 +101,7 @@ def test_right_padding_leaves_real_positions_unchanged():
     short = tokens((1, 3), seed=5)
     padded = np.concatenate([short, [[0, 0]]], axis=1)  # (1, 5)
     mask = np.array([[1, 1, 1, 0, 0]])
-    np.testing.assert_allclose(model(padded, attention_mask=mask)[0].data[:, :3], model(short)[0].data, atol=1e-12)
+    np.testing.assert_allclose(model(padded, attention_mask=mask)[0].numpy()[:, :3], model(short)[0].numpy(), atol=1e-12)
     with pytest.raises(ValueError, match="attention_mask has shape"):
         model(padded, attention_mask=mask[:, :4])
 
@@ -109,8 +110,8 @@ def test_kv_cache_forward_equals_full_forward():
     model = sharpened(tiny_gpt())
     idx = tokens((2, 7), seed=6)
     cache = model.new_kv_cache()
-    chunks = [model(idx[:, a:b], kv_cache=cache)[0].data for a, b in ((0, 4), (4, 5), (5, 7))]
-    np.testing.assert_allclose(np.concatenate(chunks, axis=1), model(idx)[0].data, atol=1e-12)
+    chunks = [model(idx[:, a:b], kv_cache=cache)[0].numpy() for a, b in ((0, 4), (4, 5), (5, 7))]
+    np.testing.assert_allclose(np.concatenate(chunks, axis=1), model(idx)[0].numpy(), atol=1e-12)
     with pytest.raises(ValueError, match=r"7 cached \+ 2 new"):
         model(idx[:, :2], kv_cache=cache)
 

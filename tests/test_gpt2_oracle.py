@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import require_oracle
+from minilora import to_numpy
 from minilora.autograd import Tensor
 from minilora.models import GPT, GPTConfig
 from minilora.models.gpt2_checkpoint import save_gpt2
@@ -56,7 +57,7 @@ def hf_grads_in_our_layout(hf_model):
 
 def assert_close(ours, theirs, tol, what):
     """Agreement relative to the size of the values: |ours - theirs| <= tol * max(1, max |theirs|)."""
-    ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+    ours, theirs = to_numpy(ours).astype(np.float64), np.asarray(theirs, dtype=np.float64)  # ours may live on the GPU
     assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} vs {theirs.shape}"
     error = np.abs(ours - theirs).max() / max(1.0, np.abs(theirs).max())
     assert error <= tol, f"{what}: relative error {error:.3g} > {tol}"
@@ -99,7 +100,7 @@ def test_padding_mask_matches_transformers_on_real_tokens(torch, tmp_path):
     mask = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])  # right padding
     with torch.no_grad():
         expected = hf(torch.tensor(idx), attention_mask=torch.tensor(mask)).logits.numpy()
-    logits = ours(idx, attention_mask=mask)[0].data
+    logits = ours(idx, attention_mask=mask)[0].numpy()
     real = mask.astype(bool)
     assert_close(logits[real], expected[real], 1e-10, "logits of real tokens")
 
@@ -139,7 +140,7 @@ def test_round_trip_keeps_every_weight(tmp_path):
     loaded = GPT.from_pretrained(tmp_path)
     assert loaded.config == dataclasses.replace(model.config, seed=0)  # the seed is ours, GPT-2's config has none
     for (name, p), q in zip(model.named_parameters(), loaded.parameters()):
-        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+        np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
 
 
 def test_keys_without_prefix_and_mask_buffers_are_accepted(tmp_path):
@@ -154,7 +155,7 @@ def test_keys_without_prefix_and_mask_buffers_are_accepted(tmp_path):
     rewrite_weights(tmp_path, strip_prefix_add_buffers)
     loaded = GPT.from_pretrained(tmp_path)
     idx = np.arange(10)[None]
-    np.testing.assert_array_equal(loaded(idx)[0].data, reference(idx)[0].data)
+    np.testing.assert_array_equal(loaded(idx)[0].numpy(), reference(idx)[0].numpy())
 
 
 def test_truncated_checkpoint_raises_value_error(tmp_path):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import minilora
-from minilora import Tensor, no_grad
+from minilora import Tensor, backend, no_grad, to_numpy
 from minilora.models.gpt import GPT, GPTConfig
 from minilora.lora import LoraConfig, LoRALinear, count_parameters, get_peft_model, lora_layers, mark_only_lora_as_trainable
 from minilora.nn import Linear
@@ -26,7 +26,7 @@ def tiny_gpt(n_layer=2, n_embd=16):
 
 def logits(model):
     with no_grad():
-        return model(IDX)[0].data.copy()
+        return model(IDX)[0].numpy()
 
 
 def train(model, steps=3, lr=0.05):
@@ -50,8 +50,8 @@ def test_at_init_the_output_is_the_base_models_and_A_gets_no_gradient():
     _, loss = model(IDX, TARGETS)
     loss.backward()
     for name, layer in lora_layers(model.model):
-        assert not np.any(layer.lora_A["default"].grad), name  # dA = s (dY B)^T X = 0 while B = 0
-        assert np.any(layer.lora_B["default"].grad), name  # dB = s dY^T (X A^T) is not
+        assert not np.any(to_numpy(layer.lora_A["default"].grad)), name  # dA = s (dY B)^T X = 0 while B = 0
+        assert np.any(to_numpy(layer.lora_B["default"].grad)), name  # dB = s dY^T (X A^T) is not
 
 
 def test_kaiming_and_gaussian_inits():
@@ -59,24 +59,24 @@ def test_kaiming_and_gaussian_inits():
     layer = LoRALinear(base, rng=np.random.default_rng(1))
     layer.add_adapter("kaiming", 4, 4, 1.0, init=True)
     layer.add_adapter("gauss", 4, 4, 1.0, init="gaussian")
-    A = layer.lora_A["kaiming"].data
+    A = layer.lora_A["kaiming"].numpy()
     assert np.abs(A).max() <= 1 / np.sqrt(400) and np.abs(A).max() > 0.9 / np.sqrt(400)
-    assert abs(layer.lora_A["gauss"].data.std() - 1 / 4) < 0.01  # PEFT's std 1/r
+    assert abs(layer.lora_A["gauss"].numpy().std() - 1 / 4) < 0.01  # PEFT's std 1/r
     for name in ("kaiming", "gauss"):
-        assert not np.any(layer.lora_B[name].data)
+        assert not np.any(layer.lora_B[name].numpy())
 
 
 def test_pissa_keeps_the_output_and_puts_the_top_directions_in_B_A(float64):
     base = Linear(6, 5, rng=np.random.default_rng(0))
-    W0 = base.weight.data.copy()
+    W0 = base.weight.numpy().copy()
     x = Tensor(np.random.default_rng(1).standard_normal((3, 6)))
-    before = base(x).data
+    before = base(x).numpy()
     layer = LoRALinear(base)
     layer.add_adapter("default", 2, 4, 2.0, init="pissa")
-    np.testing.assert_allclose(layer(x).data, before, atol=1e-12)
+    np.testing.assert_allclose(layer(x).numpy(), before, atol=1e-12)
     U, S, Vh = np.linalg.svd(W0)
-    np.testing.assert_allclose(layer.delta_weight("default"), (U[:, :2] * S[:2]) @ Vh[:2], atol=1e-12)
-    np.testing.assert_allclose(base.weight.data, W0 - (U[:, :2] * S[:2]) @ Vh[:2], atol=1e-12)  # the frozen residual
+    np.testing.assert_allclose(to_numpy(layer.delta_weight("default")), (U[:, :2] * S[:2]) @ Vh[:2], atol=1e-12)
+    np.testing.assert_allclose(base.weight.numpy(), W0 - (U[:, :2] * S[:2]) @ Vh[:2], atol=1e-12)  # the frozen residual
 
 
 # ---- injection and counting -------------------------------------------------
@@ -165,25 +165,25 @@ def test_dropout_only_on_the_low_rank_path():
     base = logits(model)
     model.train()
     with no_grad():  # B = 0: whatever the mask, the low-rank path adds nothing
-        np.testing.assert_array_equal(model(IDX)[0].data, base)
+        np.testing.assert_array_equal(model(IDX)[0].numpy(), base)
     for _, layer in lora_layers(model.model):
         layer.lora_B["default"].data = layer.lora_B["default"].data + 0.5
     with no_grad():
-        train_out = model(IDX)[0].data
+        train_out = model(IDX)[0].numpy()
     assert not np.allclose(train_out, logits(model.eval()))  # masks differ in train mode, none in eval
 
 
 # ---- training, merging ------------------------------------------------------
 def test_training_touches_only_A_and_B_and_merging_agrees(float64):
     model = get_peft_model(tiny_gpt(), LoraConfig(r=4, lora_alpha=8))
-    frozen = {n: p.data.copy() for n, p in model.named_parameters() if not p.requires_grad}
+    frozen = {n: p.numpy().copy() for n, p in model.named_parameters() if not p.requires_grad}
     opt = train(model)
     lora_ids = {id(layer.lora_A["default"]) for _, layer in lora_layers(model.model)} | {
         id(layer.lora_B["default"]) for _, layer in lora_layers(model.model)}
     assert {id(opt.params[i]) for i in opt.state} == lora_ids  # AdamW state for A and B alone
     for n, p in model.named_parameters():
         if n in frozen:
-            np.testing.assert_array_equal(p.data, frozen[n], err_msg=n)  # bit for bit
+            np.testing.assert_array_equal(p.numpy(), frozen[n], err_msg=n)  # bit for bit
 
     model.eval()
     unmerged = logits(model)
@@ -199,29 +199,29 @@ def assert_unmerge_within_one_ulp(model, check=lambda: None):
     usual case) this is one ulp of W0 itself.
     """
     layers = lora_layers(model.model)
-    W0 = [layer.base_layer.weight.data.copy() for _, layer in layers]
+    W0 = [layer.base_layer.weight.numpy().copy() for _, layer in layers]
     model.merge_adapter()
     check()
-    merged = [layer.base_layer.weight.data.copy() for _, layer in layers]
+    merged = [layer.base_layer.weight.numpy().copy() for _, layer in layers]
     model.unmerge_adapter()
     for w0, w, (name, layer) in zip(W0, merged, layers):
-        restored = layer.base_layer.weight.data
+        restored = layer.base_layer.weight.numpy()  # on the host: CuPy has no np.spacing
         assert restored.dtype == w.dtype
         assert np.all(np.abs(restored - w0) <= np.spacing(np.maximum(np.abs(w0), np.abs(w)))), name
 
 
 def test_unmerge_restores_float32_weights_within_one_ulp():
     model = get_peft_model(tiny_gpt(), LoraConfig(r=4, lora_alpha=8))
-    before = [layer.base_layer.weight.data.copy() for _, layer in lora_layers(model.model)]
+    before = [layer.base_layer.weight.numpy().copy() for _, layer in lora_layers(model.model)]
     train(model, steps=2, lr=0.01)
     assert_unmerge_within_one_ulp(model)
     small = get_peft_model(tiny_gpt(), LoraConfig(r=4))
     for _, layer in lora_layers(small.model):  # a small update: W0 comes back within one ulp of W0 itself
-        layer.lora_B["default"].data = np.full(layer.lora_B["default"].shape, 1e-4, dtype=np.float32)
+        layer.lora_B["default"].data = backend.asarray(np.full(layer.lora_B["default"].shape, 1e-4, dtype=np.float32))
     small.merge_adapter()
     small.unmerge_adapter()
     for w0, (_, layer) in zip(before, lora_layers(small.model)):
-        assert np.all(np.abs(layer.base_layer.weight.data - w0) <= np.spacing(np.abs(w0)))
+        assert np.all(np.abs(layer.base_layer.weight.numpy() - w0) <= np.spacing(np.abs(w0)))
 
 
 def test_merge_errors():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import minilora
-from minilora import Tensor, no_grad
+from minilora import Tensor, backend, no_grad, to_numpy
 from minilora.lora import LoraConfig, LoRALinear, get_peft_model, load_peft_gpt2, lora_layers, save_peft_gpt2
 from minilora.models.gpt import GPT, GPTConfig
 from minilora.nn import Linear
@@ -45,12 +45,12 @@ def test_same_factors_same_outputs_and_gradients_as_peft_linear(torch, float64, 
     g = rng.standard_normal((2, 3, d))
 
     base = Linear(k, d)
-    base.weight.data, base.bias.data = W0.copy(), b.copy()
+    base.weight.data, base.bias.data = backend.asarray(W0), backend.asarray(b)
     config = LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora)
     ours = LoRALinear(base)
     ours.add_adapter("default", r, alpha, config.scaling(r, alpha))
     ours.base_layer.requires_grad_(False)
-    ours.lora_A["default"].data, ours.lora_B["default"].data = A.copy(), B.copy()
+    ours.lora_A["default"].data, ours.lora_B["default"].data = backend.asarray(A), backend.asarray(B)
     xt = Tensor(x, requires_grad=True)
     h = ours(xt)
     h.backward(g)
@@ -69,10 +69,10 @@ def test_same_factors_same_outputs_and_gradients_as_peft_linear(torch, float64, 
     ht.backward(torch.tensor(g))
 
     assert ours.scaling["default"] == pytest.approx(layer.scaling["default"], rel=1e-15)
-    np.testing.assert_allclose(h.data, ht.detach().numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(xt.grad, xt_t.grad.numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(ours.lora_A["default"].grad, layer.lora_A["default"].weight.grad.numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(ours.lora_B["default"].grad, layer.lora_B["default"].weight.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h.numpy(), ht.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(xt.grad), xt_t.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(ours.lora_A["default"].grad), layer.lora_A["default"].weight.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(ours.lora_B["default"].grad), layer.lora_B["default"].weight.grad.numpy(), rtol=1e-12, atol=1e-12)
     assert base.weight.grad is None and layer.base_layer.weight.grad is None
 
 
@@ -81,7 +81,7 @@ def test_pissa_matches_peft(torch):
     rng = np.random.default_rng(1)
     W0 = rng.standard_normal((6, 8)).astype(np.float32)
     base = Linear(8, 6)
-    base.weight.data = W0.copy()
+    base.weight.data = backend.asarray(W0)
     ours = LoRALinear(base)
     ours.add_adapter("default", 2, 4, 2.0, init="pissa")
 
@@ -91,8 +91,8 @@ def test_pissa_matches_peft(torch):
     theirs = peft.get_peft_model(theirs, peft.LoraConfig(r=2, lora_alpha=4, init_lora_weights="pissa", target_modules=["q"]))
     layer = theirs.base_model.model.q
     delta = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight).detach().numpy() * 2.0
-    np.testing.assert_allclose(ours.delta_weight("default"), delta, atol=1e-5)  # B A is unique; signs of U, V are not
-    np.testing.assert_allclose(base.weight.data, layer.base_layer.weight.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(to_numpy(ours.delta_weight("default")), delta, atol=1e-5)  # B A is unique; signs of U, V are not
+    np.testing.assert_allclose(base.weight.numpy(), layer.base_layer.weight.detach().numpy(), atol=1e-5)
 
 
 # ---- GPT-2 adapter files ----------------------------------------------------------
@@ -117,7 +117,7 @@ def hf_peft_logits(torch, base_path, adapter_path):
 
 def our_logits(model):
     with no_grad():
-        return model.eval()(IDX)[0].data
+        return model.eval()(IDX)[0].numpy()
 
 
 @pytest.mark.parametrize("config", [
@@ -130,7 +130,7 @@ def test_exported_adapter_gives_peft_the_same_logits(torch, gpt2_folder, config)
     model = get_peft_model(gpt, config)
     rng = np.random.default_rng(7)
     for _, layer in lora_layers(model.model):
-        layer.lora_B["default"].data = rng.standard_normal(layer.lora_B["default"].shape) * 0.3
+        layer.lora_B["default"].data = backend.asarray(rng.standard_normal(layer.lora_B["default"].shape) * 0.3)
     save_peft_gpt2(model, tmp_path / "adapter")
     theirs, _ = hf_peft_logits(torch, tmp_path / "base", tmp_path / "adapter")
     np.testing.assert_allclose(our_logits(model), theirs, rtol=1e-9, atol=1e-10)
@@ -149,7 +149,7 @@ def test_peft_adapter_imports_with_the_same_logits(torch, gpt2_folder):
     ours = load_peft_gpt2(GPT.from_pretrained(tmp_path / "base", dtype="float64"), tmp_path / "adapter")
     np.testing.assert_allclose(our_logits(ours), expected, rtol=1e-9, atol=1e-10)
     q, k = ours.model.blocks[0].attn.q, ours.model.blocks[0].attn.k
-    np.testing.assert_array_equal(q.lora_A["default"].data, k.lora_A["default"].data)  # c_attn's A, shared
+    np.testing.assert_array_equal(q.lora_A["default"].numpy(), k.lora_A["default"].numpy())  # c_attn's A, shared
     assert q.r["default"] == 3 and ours.model.blocks[1].attn.v.scaling["default"] == 2 / 3
 
     # ... and back out again: PEFT reads what we write.

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minilora.functional as F
-from minilora import nn
+from minilora import backend, nn, to_numpy
 from minilora.autograd import Tensor
 from minilora.testing import arrays, assert_gradcheck
 from module_gradcheck import assert_module_gradcheck, default_dtype
@@ -39,18 +39,18 @@ def test_shared_parameter_is_listed_once():
 
 def test_state_dict_round_trip():
     a, b = tiny_block(seed=0), tiny_block(seed=1)
-    state = {k: v.copy() for k, v in a.state_dict().items()}
+    state = {k: to_numpy(v).copy() for k, v in a.state_dict().items()}  # host copies, as a checkpoint file holds
     assert list(state) == [n for n, _ in a.named_parameters()]
     b.load_state_dict(state)
     for name, p in b.named_parameters():
-        np.testing.assert_array_equal(p.data, state[name])
+        np.testing.assert_array_equal(p.numpy(), state[name])
     state["ln_1.weight"][0] = 42.0  # load_state_dict copies: the model keeps its own arrays
-    assert b.ln_1.weight.data[0] != 42.0
+    assert b.ln_1.weight.numpy()[0] != 42.0
 
 
 def test_load_state_dict_lists_every_problem_and_loads_nothing():
     block = tiny_block()
-    before = {k: v.copy() for k, v in block.state_dict().items()}
+    before = {k: to_numpy(v).copy() for k, v in block.state_dict().items()}
     bad = {k: np.zeros_like(v) for k, v in before.items()}
     del bad["attn.q.bias"], bad["mlp.c_fc.weight"]
     bad["attn.k.weight"] = np.zeros((8, 9))
@@ -62,7 +62,7 @@ def test_load_state_dict_lists_every_problem_and_loads_nothing():
                      "unexpected keys: attn.qkv.weight"):
         assert expected in message
     for name, p in block.named_parameters():
-        np.testing.assert_array_equal(p.data, before[name])
+        np.testing.assert_array_equal(p.numpy(), before[name])
 
 
 def test_load_state_dict_not_strict_reports_missing_and_unexpected():
@@ -78,10 +78,10 @@ def test_train_eval_reach_every_module_and_switch_dropout():
     x = Tensor(np.ones((2, 3, 4)))
     mlp.eval()
     assert not any(m.training for m in mlp.modules())
-    np.testing.assert_array_equal(mlp(x).data, mlp(x).data)
+    np.testing.assert_array_equal(mlp(x).numpy(), mlp(x).numpy())
     mlp.train()
     assert all(m.training for m in mlp.modules())
-    assert not np.array_equal(mlp(x).data, mlp(x).data)  # a fresh dropout mask per call
+    assert not np.array_equal(mlp(x).numpy(), mlp(x).numpy())  # a fresh dropout mask per call
 
 
 def test_zero_grad_clears_every_gradient():
@@ -117,9 +117,9 @@ def test_attention_is_causal():
     """Changing a later token leaves every earlier output unchanged."""
     attn = nn.CausalSelfAttention(8, 2, rng=np.random.default_rng(0))
     x = np.random.default_rng(1).standard_normal((1, 5, 8))
-    y = attn(Tensor(x)).data
+    y = attn(Tensor(x)).numpy()
     x[:, 3] += 1.0
-    y2 = attn(Tensor(x)).data
+    y2 = attn(Tensor(x)).numpy()
     np.testing.assert_allclose(y[:, :3], y2[:, :3], atol=1e-12)
     assert not np.allclose(y[:, 3:], y2[:, 3:])
 
@@ -134,7 +134,7 @@ def test_kv_cache_in_chunks_equals_one_pass(B, T, split, seed):
     cache = nn.KVCache()
     first, second = attn(x[:, :split], kv_cache=cache), attn(x[:, split:], kv_cache=cache)
     assert len(cache) == T + split
-    np.testing.assert_allclose(F.concatenate([first, second], axis=1).data, attn(x).data, atol=1e-12)
+    np.testing.assert_allclose(F.concatenate([first, second], axis=1).numpy(), attn(x).numpy(), atol=1e-12)
 
 
 # ---- gradient checks of every layer (float64, dropout off) ----------------------
@@ -154,9 +154,9 @@ def test_layer_norm_gradcheck(dim, bias, seed):
     with default_dtype(np.float64):
         layer = nn.LayerNorm(dim, bias=bias)
     rng = np.random.default_rng(seed)
-    layer.weight.data = rng.standard_normal(dim)  # away from the (1, 0) init, so a swapped term would show
+    layer.weight.data = backend.asarray(rng.standard_normal(dim))  # away from the (1, 0) init, so a swapped term would show
     if bias:
-        layer.bias.data = rng.standard_normal(dim)
+        layer.bias.data = backend.asarray(rng.standard_normal(dim))
     assert_module_gradcheck(layer, lambda x: layer(x), as_input(rng.standard_normal((2, 3, dim))))
 
 

@@ -59,7 +59,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale
     if is_causal:
         allowed = xp.tril(xp.ones((T, S), dtype=bool), k=S - T)  # (T, S)
     if attn_mask is not None:
-        mask = attn_mask.data if isinstance(attn_mask, Tensor) else backend.asarray(attn_mask)
+        mask = attn_mask.data if isinstance(attn_mask, Tensor) else backend.asarray(attn_mask, like=q.data)
         if mask.dtype != bool:
             raise TypeError(f"attention: attn_mask must be boolean (True = may attend), got {mask.dtype}")
         allowed = mask if allowed is None else allowed & mask

@@ -36,7 +36,7 @@ class Dropout(Function):
 
 def embedding(ids, weight):
     """Rows of ``weight`` (V, C) picked by integer ``ids``; out-of-range ids raise IndexError."""
-    ids = ids.data if isinstance(ids, Tensor) else backend.asarray(ids)
+    ids = ids.data if isinstance(ids, Tensor) else backend.asarray(ids, like=weight.data)
     return Embedding.apply(ids, weight)
 
 
@@ -51,5 +51,5 @@ def dropout(x, p=0.5, training=True, rng=None):
     if not training or p == 0:
         return x
     rng = rng if rng is not None else backend.default_rng()
-    keep = backend.asarray(rng.random(x.shape) >= p).astype(x.dtype)
+    keep = backend.asarray(rng.random(x.shape) >= p, like=x.data).astype(x.dtype)
     return Dropout.apply(x, keep, 1 / (1 - p))

@@ -139,7 +139,8 @@ def split(x, sections, axis=0):
 
 def where(condition, a, b):
     """Elementwise ``a`` where ``condition`` holds, else ``b``; all three broadcast."""
-    condition = condition.data if isinstance(condition, Tensor) else backend.asarray(condition)
+    like = next((t.data for t in (a, b) if isinstance(t, Tensor)), None)  # the condition goes beside the values
+    condition = condition.data if isinstance(condition, Tensor) else backend.asarray(condition, like=like)
     a = a if isinstance(a, (Tensor, int, float)) else Tensor(a)
     b = b if isinstance(b, (Tensor, int, float)) else Tensor(b)
     return Where.apply(condition.astype(bool), a, b)

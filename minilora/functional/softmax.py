@@ -112,5 +112,5 @@ def log_softmax(x, axis=-1):
 
 def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     """Mean negative log-likelihood of ``targets`` under softmax(``logits``), skipping ``ignore_index``."""
-    targets = targets.data if isinstance(targets, Tensor) else backend.asarray(targets)
+    targets = targets.data if isinstance(targets, Tensor) else backend.asarray(targets, like=logits.data)
     return CrossEntropy.apply(logits, targets, ignore_index=ignore_index, reduction=reduction)
