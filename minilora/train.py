@@ -78,8 +78,8 @@ def fit(model, optimizer, get_batch, steps, *, seed=0, schedule=None, clip=None,
         if eval_fn is not None and (done == steps or (eval_every and done % eval_every == 0)):
             _flush(pending, history)
             history[-1].update(evaluate(model, eval_fn))
-            if bar is not None:
-                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in history[-1].items() if k not in ("step", "time")))
+            (bar.write if bar is not None else print)(
+                f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in history[-1].items() if k not in ("step", "time")))
         if path and (done == steps or (checkpoint_every and done % checkpoint_every == 0)):
             _flush(pending, history)
             save_checkpoint(path, model, optimizer, rng, done, history, time.perf_counter() - began)
