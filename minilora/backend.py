@@ -129,13 +129,37 @@ def asarray(data, dtype=None, like=None):
 
 
 def scatter_add(target, indices, values):
-    """target[indices] += values, where repeated indices accumulate (plain ``+=`` would drop them)."""
-    if is_cupy_array(target):
+    """target[indices] += values, where repeated indices accumulate (plain ``+=`` would drop them).
+
+    On the GPU, ``cupyx.scatter_add`` adds with atomics, in whatever order the
+    threads arrive: float sums then change in the last bit from run to run, and a
+    resumed training run no longer repeats the uninterrupted one bit for bit. So
+    the common case, rows picked by a 1-D integer array (the Embedding backward),
+    goes through ``_deterministic_row_scatter_add`` instead.
+    """
+    if not is_cupy_array(target):
+        np.add.at(target, indices, values)
+    elif getattr(indices, "ndim", None) == 1 and indices.dtype.kind in "iu":
+        _deterministic_row_scatter_add(array_module(target), target, indices, values)
+    else:
         import cupyx
         cupyx.scatter_add(target, indices, values)
-    else:
-        np.add.at(target, indices, values)
     return target
+
+
+def _deterministic_row_scatter_add(xp, target, rows, values):
+    """target[rows] += values for a 1-D ``rows`` (N,), in a fixed order: a one-hot matmul, no atomics.
+
+    With U distinct rows, one_hot (U, N) says which of the N value rows go to
+    each distinct row; one_hot @ values sums them (a GEMM: exact 0/1 products,
+    a fixed summation order, no two threads writing one place).
+    """
+    rows = xp.asarray(rows)
+    rows = xp.where(rows < 0, rows + target.shape[0], rows)  # -1 and n-1 are one row: count it once
+    distinct, which = xp.unique(rows, return_inverse=True)  # (U,), (N,): rows == distinct[which]
+    one_hot = (which.reshape(1, -1) == xp.arange(distinct.size).reshape(-1, 1)).astype(values.dtype)  # (U, N)
+    sums = one_hot @ values.reshape(rows.size, -1)  # (U, prod of the trailing shape)
+    target[distinct] += sums.reshape((distinct.size,) + target.shape[1:])
 
 
 def synchronize():

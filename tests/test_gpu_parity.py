@@ -56,7 +56,10 @@ def test_same_seed_trains_to_the_same_losses_on_numpy_and_cupy():
     assert cpu[-1] < cpu[0]  # it learns something, so the comparison is not between two constants
     np.testing.assert_allclose(gpu, cpu, rtol=1e-4)  # float32: only summation order differs
     for (name, p), q in zip(cpu_model.named_parameters(), gpu_model.parameters()):
-        np.testing.assert_allclose(q.numpy(), p.numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
+        # The key bias gets a gradient of exactly 0 in exact arithmetic (softmax ignores q.b, the same for
+        # every key), so it holds only rounding noise that AdamW normalises; compare it in absolute terms.
+        atol = 1e-4 if name.endswith("attn.k.bias") else 1e-5
+        np.testing.assert_allclose(q.numpy(), p.numpy(), rtol=1e-3, atol=atol, err_msg=name)
 
 
 def test_to_moves_every_parameter_and_back_unchanged():
@@ -107,6 +110,14 @@ def test_scatter_add_accumulates_repeated_indices_in_float64_on_the_gpu():
         backend.scatter_add(target, backend.asarray(ids), backend.asarray(values))
         assert backend.backend_of(target) == "cupy" and target.dtype == np.float64
         np.testing.assert_allclose(backend.to_numpy(target), expected, rtol=1e-14, atol=1e-14)
+        again = backend.scatter_add(backend.asarray(np.zeros((4, 5))), backend.asarray(ids), backend.asarray(values))
+        np.testing.assert_array_equal(backend.to_numpy(again), backend.to_numpy(target))  # no atomics: bit for bit
+        # a tuple of index arrays takes cupyx.scatter_add (atomic adds), also in float64
+        pairs = backend.scatter_add(backend.asarray(np.zeros((4, 5))), (backend.asarray(ids), backend.asarray(ids % 5)),
+                                    backend.asarray(values[:, 0]))
+        expected_pairs = np.zeros((4, 5))
+        np.add.at(expected_pairs, (ids, ids % 5), values[:, 0])
+        np.testing.assert_allclose(backend.to_numpy(pairs), expected_pairs, rtol=1e-14, atol=1e-14)
         # ... and through the Embedding backward that relies on it: repeated ids get the sum of their rows
         weight = Tensor(np.zeros((4, 5)), requires_grad=True)
         F.embedding(ids, weight).backward(values)
