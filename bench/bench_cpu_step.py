@@ -1,10 +1,12 @@
-"""Time one full fine-tuning step of the classroom GPT in minilora (NumPy) and in PyTorch eager, side by side.
+"""Time one training step of the classroom GPT in minilora (NumPy) and in PyTorch eager (+ PEFT), side by side.
 
 Shape: 4 layers, d=128, 4 heads, T=64, B=32, vocab 96, fp32, AdamW, dropout 0.
 A step is zero_grad + forward + cross-entropy + backward + AdamW.step.
+Two kinds of step: full fine-tuning, and LoRA r=8 (alpha 16) on q and v
+(minilora.lora against PEFT on the same PyTorch model; only A and B train).
 Each side runs --warmup steps, then the median of --steps timed steps is printed.
 
-    python bench/bench_cpu_step.py [--steps 20] [--warmup 5] [--threads N]
+    python bench/bench_cpu_step.py [--steps 20] [--warmup 5] [--threads N] [--mode full|lora|both]
 """
 import argparse
 import math
@@ -29,12 +31,18 @@ def time_steps(step, warmup, steps):
     return statistics.median(times)
 
 
-def minilora_step(idx, targets):
+LORA = dict(r=8, lora_alpha=16, target_modules=["q", "v"])
+
+
+def minilora_step(idx, targets, lora=False):
+    from minilora.lora import LoraConfig, get_peft_model
     from minilora.models import GPT, GPTConfig
     from minilora.optim import AdamW
 
     model = GPT(GPTConfig(**SHAPE, dropout=0.0))
-    opt = AdamW(model.parameters(), lr=1e-4)
+    if lora:
+        model = get_peft_model(model, LoraConfig(**LORA))
+    opt = AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step():
         opt.zero_grad()
@@ -44,8 +52,8 @@ def minilora_step(idx, targets):
     return step
 
 
-def torch_step(idx, targets):
-    """The same GPT (pre-LN, separate q/k/v/o, tanh gelu, tied lm_head) in plain PyTorch."""
+def torch_step(idx, targets, lora=False):
+    """The same GPT (pre-LN, separate q/k/v/o, tanh gelu, tied lm_head) in plain PyTorch; PEFT adds LoRA."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -83,7 +91,10 @@ def torch_step(idx, targets):
 
     torch.manual_seed(0)
     model = GPT()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if lora:
+        import peft
+        model = peft.get_peft_model(model, peft.LoraConfig(**LORA, lora_dropout=0.0))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     idx_t, targets_t = torch.from_numpy(idx), torch.from_numpy(targets)
 
     def step():
@@ -98,6 +109,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="timed steps per side (the median is reported)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--mode", choices=["full", "lora", "both"], default="both", help="which kind of step")
     args = parser.parse_args()
 
     import torch
@@ -107,14 +119,15 @@ def main():
     idx = rng.integers(0, SHAPE["vocab_size"], size=(BATCH, SHAPE["block_size"]), dtype=np.int64)  # (B, T)
     targets = rng.integers(0, SHAPE["vocab_size"], size=(BATCH, SHAPE["block_size"]), dtype=np.int64)  # (B, T)
 
-    ours = time_steps(minilora_step(idx, targets), args.warmup, args.steps)
-    theirs = time_steps(torch_step(idx, targets), args.warmup, args.steps)
-    print(f"classroom GPT {SHAPE}, B={BATCH}, fp32, AdamW, full fine-tuning; median of {args.steps} steps after {args.warmup} warmup")
+    print(f"classroom GPT {SHAPE}, B={BATCH}, fp32, AdamW; median of {args.steps} steps after {args.warmup} warmup")
     print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    print(f"minilora (NumPy): {ours:7.1f} ms/step")
-    print(f"PyTorch eager:    {theirs:7.1f} ms/step")
-    print(f"ratio minilora / PyTorch: {ours / theirs:.2f}" + ("  (minilora is faster)" if ours < theirs else ""))
-    assert math.isfinite(ours) and math.isfinite(theirs)
+    print(f"{'step':<28}{'minilora (NumPy)':>18}{'PyTorch eager':>16}{'ratio':>8}")
+    for lora in {"full": [False], "lora": [True], "both": [False, True]}[args.mode]:
+        ours = time_steps(minilora_step(idx, targets, lora), args.warmup, args.steps)
+        theirs = time_steps(torch_step(idx, targets, lora), args.warmup, args.steps)
+        name = f"LoRA r={LORA['r']} on q, v (+PEFT)" if lora else "full fine-tuning"
+        print(f"{name:<28}{ours:15.1f} ms{theirs:13.1f} ms{ours / theirs:8.2f}")
+        assert math.isfinite(ours) and math.isfinite(theirs)
 
 
 if __name__ == "__main__":
