@@ -211,6 +211,7 @@ def adapt(method, base_dir, base_params, train, test, latency_idx, tokenizer, ar
     # Measured on the untrained copy: a step costs the same before and after training.
     step_ms, peak_bytes = measure_step(model, data.random_rows(*train, batch_size, np.random.default_rng(args.seed)))
 
+    # No weight decay for LoRA: decaying A and B pulls the model back towards the base, not towards small weights.
     fit(model, AdamW(params, lr=method.lr, weight_decay=0.0 if method.lora else 0.01),
         get_batch=lambda rng: data.random_rows(*train, batch_size, rng), steps=steps, seed=args.seed, clip=1.0,
         schedule=lambda s: warmup_cosine(s, min(FINETUNE["warmup"], steps), steps, method.lr, method.lr / 10))
