@@ -18,6 +18,7 @@
 From Python: ``parser = argparse.ArgumentParser(); add_demo_arguments(parser);
 run_demo(parser.parse_args([...]))`` returns the results as a dict.
 """
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -72,7 +73,9 @@ BASE = "base (no tuning)"
 
 def add_demo_arguments(parser):
     """Add the demo's options to an argparse parser (``minilora demo`` registers it this way)."""
-    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy", help="numpy (CPU) or cupy (NVIDIA GPU)")
+    # SUPPRESS keeps `minilora --backend cupy demo` working: a default here would overwrite the top-level choice.
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default=argparse.SUPPRESS,
+                        help="numpy (CPU) or cupy (NVIDIA GPU); default: $MINILORA_BACKEND or numpy")
     parser.add_argument("--out", default=os.path.join("runs", "demo"),
                         help="run folder: the pretrained-model cache, checkpoints, adapters and results.json")
     parser.add_argument("--fresh", action="store_true", help="pretrain again even if a cached model exists")
@@ -90,6 +93,7 @@ def run_demo(args):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"demo: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     previous = backend.get_backend()
+    args.backend = getattr(args, "backend", None) or previous
     backend.set_backend(args.backend)
     try:
         return _run(args)

@@ -39,3 +39,16 @@ def test_pretrain_then_generate(tmp_path, capsys):
     text = capsys.readouterr().out.rstrip("\n")
     assert text.startswith("The ") and len(text) >= 4
     assert main(["generate", "--model", str(out), "--prompt", "The ", "--max-new-tokens", "5", "--greedy"]) == 0
+
+
+def test_demo_is_registered_and_keeps_the_top_level_backend(capsys):
+    from minilora.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--help"])
+    assert exit_info.value.code == 0
+    assert "LoRA r=8" in capsys.readouterr().out
+    # Parsing only: the choice before the subcommand must survive the demo's own --backend option.
+    assert build_parser().parse_args(["--backend", "cupy", "demo"]).backend == "cupy"
+    assert build_parser().parse_args(["demo", "--backend", "cupy"]).backend == "cupy"
+    assert build_parser().parse_args(["demo"]).backend is None
