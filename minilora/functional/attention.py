@@ -18,9 +18,9 @@ class ScaledDotProductAttention(Function):
         # 1. scores = q k^T * scale
         scores = q @ k.swapaxes(-1, -2)  # (B, H, T, S)
         scores *= scale
-        # 2. masked positions get -inf, so softmax gives them exactly 0
+        # 2. masked positions get -inf, so softmax gives them exactly 0 (added in place: no new (B, H, T, S) array)
         if allowed is not None:
-            scores = xp.where(allowed, scores, -xp.inf)
+            scores += xp.where(allowed, 0.0, -xp.inf).astype(scores.dtype)  # the mask is small: (T, S) or (B, 1, 1, S)
         # 3. probabilities over the keys: softmax, in place (this (B, H, T, S) array is the largest here)
         scores -= scores.max(axis=-1, keepdims=True)  # exp of a large score would overflow; the shift cancels
         probs = xp.exp(scores, out=scores)
@@ -35,12 +35,17 @@ class ScaledDotProductAttention(Function):
         # 4. out = P v  =>  dP = dout v^T, dv = P^T dout
         dprobs = grad @ v.swapaxes(-1, -2)  # (B, H, T, S)
         dv = probs.swapaxes(-1, -2) @ grad  # (B, H, S, D)
-        # 3. P = softmax(scores)  =>  dscores = P (dP - sum(dP P))
-        dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
+        # 3. P = softmax(scores)  =>  dscores = P (dP - sum(dP P)), built in dP's buffer
+        row_dot = (dprobs * probs).sum(axis=-1, keepdims=True)  # (B, H, T, 1)
+        dprobs -= row_dot
+        dscores = dprobs
+        dscores *= probs  # (B, H, T, S)
         # 2. masked scores have P = 0, so dscores is already 0 there
         # 1. scores = q k^T s  =>  dq = dscores k s, dk = dscores^T q s
-        dq = (dscores @ k) * scale
-        dk = (dscores.swapaxes(-1, -2) @ q) * scale
+        dq = dscores @ k
+        dq *= scale
+        dk = dscores.swapaxes(-1, -2) @ q
+        dk *= scale
         return dq, dk, dv, None, None
 
 

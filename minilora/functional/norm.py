@@ -18,21 +18,33 @@ class LayerNorm(Function):
         xhat *= rstd  # (..., C): x - mean is not needed again, so normalise it in place
         # 3. scale and shift
         ctx.xhat, ctx.rstd, ctx.weight = xhat, rstd, weight
-        y = xhat * weight if weight is not None else xhat
-        return y + bias if bias is not None else y
+        if weight is None and bias is None:
+            return xhat
+        y = xhat * weight if weight is not None else xhat.copy()  # xhat is kept for backward: never shift it in place
+        if bias is not None:
+            y += bias
+        return y
 
     @staticmethod
     def backward(ctx, grad):
+        # Every (..., C) temporary costs page faults on a CPU, so the steps share buffers where they can.
         xhat, rstd, weight = ctx.xhat, ctx.rstd, ctx.weight
         lead = tuple(range(grad.ndim - 1))
         # 3. y = xhat w + b  =>  dw = sum dy xhat, db = sum dy, dxhat = dy w
-        dweight = (grad * xhat).sum(axis=lead) if ctx.needs_input_grad[1] else None
         dbias = grad.sum(axis=lead) if ctx.needs_input_grad[2] else None
+        grad_xhat = grad * xhat  # (..., C): dy xhat, the summand of dw
+        dweight = grad_xhat.sum(axis=lead) if ctx.needs_input_grad[1] else None
+        if not ctx.needs_input_grad[0]:
+            return None, dweight, dbias
         dxhat = grad * weight if weight is not None else grad
         # 2.+1. xhat = (x - mean) rstd  =>  dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+        if weight is not None:
+            grad_xhat *= weight  # now dxhat xhat
+        dx = xhat * grad_xhat.mean(axis=-1, keepdims=True)  # (..., C)
+        xp = backend.array_module(grad)
+        xp.subtract(dxhat, dx, out=dx)
+        dx -= dxhat.mean(axis=-1, keepdims=True)
+        dx *= rstd
         return dx, dweight, dbias
 
 
