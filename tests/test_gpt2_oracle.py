@@ -92,6 +92,36 @@ def test_logits_and_every_gradient_match_transformers(torch, tmp_path, dtype, ti
 
 
 @pytest.mark.oracle
+def test_five_adamw_steps_give_transformers_losses(torch, tmp_path):
+    """llm.c's check: the same model, batch and optimizer give the same first losses, step after step."""
+    from minilora.optim import AdamW
+
+    hf = hf_gpt2(torch, "float64")
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(tmp_path, dtype="float64").train()
+    hf.train()  # dropout is 0 in this config, so train mode changes nothing but the flag
+    settings = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    hf_opt, our_opt = torch.optim.AdamW(hf.parameters(), **settings), AdamW(list(ours.parameters()), **settings)
+    idx = np.random.default_rng(1).integers(0, VOCAB, (4, 16))
+    targets = np.concatenate([idx[:, 1:], np.full((4, 1), -100)], axis=1)
+    hf_losses, our_losses = [], []
+    for _ in range(5):
+        hf_opt.zero_grad()
+        logits = hf(torch.tensor(idx)).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), torch.tensor(idx[:, 1:]).reshape(-1))
+        loss.backward()
+        hf_opt.step()
+        hf_losses.append(loss.item())
+        our_opt.zero_grad()
+        _, our_loss = ours(idx, targets)
+        our_loss.backward()
+        our_opt.step()
+        our_losses.append(our_loss.item())
+    assert hf_losses[-1] < hf_losses[0]  # the steps really train
+    np.testing.assert_allclose(our_losses, hf_losses, rtol=1e-10)
+
+
+@pytest.mark.oracle
 def test_padding_mask_matches_transformers_on_real_tokens(torch, tmp_path):
     hf = hf_gpt2(torch, "float64")
     hf.save_pretrained(tmp_path)
