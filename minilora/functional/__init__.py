@@ -18,7 +18,7 @@ from .shape import (
     Concatenate, GetItem, Permute, Reshape, Where,
     concatenate, getitem, masked_fill, permute, reshape, split, transpose, where,
 )
-from .softmax import CrossEntropy, LogSoftmax, Softmax, cross_entropy, log_softmax, softmax
+from .softmax import CrossEntropy, LogSoftmax, Softmax, cross_entropy, ids_array, log_softmax, softmax
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "silu",

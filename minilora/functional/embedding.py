@@ -5,13 +5,12 @@ dropout:   x (...) -> x (...), each value zeroed with probability p, the rest sc
 """
 from .. import backend
 from ..autograd import Function, Tensor
-from .softmax import check_class_ids
+from .softmax import check_class_ids, ids_array
 
 
 class Embedding(Function):
     @staticmethod
     def forward(ctx, ids, weight):
-        check_class_ids("embedding", ids, weight.shape[0])
         ctx.ids, ctx.shape = ids, weight.shape
         return weight[ids]  # (..., C)
 
@@ -36,8 +35,9 @@ class Dropout(Function):
 
 def embedding(ids, weight):
     """Rows of ``weight`` (V, C) picked by integer ``ids``; out-of-range ids raise IndexError."""
-    ids = ids.data if isinstance(ids, Tensor) else backend.asarray(ids, like=weight.data)
-    return Embedding.apply(ids, weight)
+    ids = ids_array(ids)
+    check_class_ids("embedding", ids, weight.shape[0])  # before the move: host ids are checked without a GPU wait
+    return Embedding.apply(backend.asarray(ids, like=weight.data), weight)
 
 
 def dropout(x, p=0.5, training=True, rng=None):

@@ -3,6 +3,8 @@
 Shapes: x (..., C) with the classes on ``axis`` (the last by default).
 cross_entropy: logits (N, C) or (B, T, C), targets (N,) or (B, T) of class ids.
 """
+import numpy as np
+
 from .. import backend
 from ..autograd import Function, Tensor
 
@@ -40,9 +42,19 @@ class LogSoftmax(Function):
         return grad - xp.exp(ctx.y) * grad.sum(axis=ctx.axis, keepdims=True)
 
 
+def ids_array(ids):
+    """Integer ids as an array, left where they are: a Tensor gives its array, a list becomes a NumPy array."""
+    ids = ids.data if isinstance(ids, Tensor) else ids
+    return ids if hasattr(ids, "dtype") else np.asarray(ids)
+
+
 def check_class_ids(op, ids, num_classes, ignore_index=None):
-    """Raise IndexError naming the bad ids: CuPy would silently wrap them around instead."""
-    xp = backend.array_module(ids)
+    """Raise IndexError naming the bad ids: CuPy would silently wrap them around instead.
+
+    Checking host ids costs nothing; checking ids already on the GPU must wait
+    for the GPU. So the ops check ids *before* moving them: a training loop that
+    feeds host batches never waits.
+    """
     if ids.dtype.kind not in "iu":
         raise TypeError(f"{op}: ids must be integers, got dtype {ids.dtype}")
     valid = (ids >= 0) & (ids < num_classes)
@@ -55,7 +67,6 @@ def check_class_ids(op, ids, num_classes, ignore_index=None):
             f"{bad.size} of {ids.size} positions are bad. Fix: check the tokenizer/vocabulary size"
             + (f" or mark ignored positions with {ignore_index}." if ignore_index is not None else ".")
         )
-    del xp
 
 
 class CrossEntropy(Function):
@@ -68,7 +79,6 @@ class CrossEntropy(Function):
                 f"cross_entropy: targets of shape {tuple(targets.shape)} do not match logits "
                 f"{tuple(logits.shape)}; expected targets of shape {tuple(logits.shape[:-1])}"
             )
-        check_class_ids("cross_entropy", targets, num_classes, ignore_index)
         logits2d = logits.reshape(-1, num_classes)  # (N, C)
         targets1d = targets.reshape(-1)  # (N,)
         keep = targets1d != ignore_index  # (N,)
@@ -112,5 +122,7 @@ def log_softmax(x, axis=-1):
 
 def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     """Mean negative log-likelihood of ``targets`` under softmax(``logits``), skipping ``ignore_index``."""
-    targets = targets.data if isinstance(targets, Tensor) else backend.asarray(targets, like=logits.data)
-    return CrossEntropy.apply(logits, targets, ignore_index=ignore_index, reduction=reduction)
+    targets = ids_array(targets)
+    check_class_ids("cross_entropy", targets, logits.shape[-1], ignore_index)
+    return CrossEntropy.apply(logits, backend.asarray(targets, like=logits.data), ignore_index=ignore_index, reduction=reduction)
+

@@ -87,7 +87,8 @@ class GPT(Module):
         kv_cache: the list from ``new_kv_cache()``; the new positions continue
         after the cached ones.
         """
-        idx = idx.data if isinstance(idx, Tensor) else backend.asarray(idx, like=self.wte.weight.data)  # beside the weights
+        # idx stays where it is: the embedding checks host ids on the host, so a GPU step never waits for that.
+        idx = F.ids_array(idx)
         if idx.ndim != 2:
             raise ValueError(f"GPT: idx must be (B, T) token ids, got shape {tuple(idx.shape)}. Fix: idx[None] for one sequence.")
         B, T = idx.shape
@@ -98,10 +99,9 @@ class GPT(Module):
                 f"block_size={self.config.block_size}, the number of learned positions. "
                 f"Fix: crop to the last {self.config.block_size} tokens or build a model with a larger block_size."
             )
-        xp = backend.array_module(idx)
-        pos = xp.arange(past, past + T)  # (T,)
+        pos = np.arange(past, past + T)  # (T,), on the host like a batch of ids
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        mask = None if attention_mask is None else self._keep_mask(attention_mask, idx, past + T)
+        mask = None if attention_mask is None else self._keep_mask(attention_mask, B, T, past + T, self.wte.weight.data)
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask=mask, kv_cache=None if kv_cache is None else kv_cache[i])  # (B, T, C)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
@@ -109,10 +109,9 @@ class GPT(Module):
         return logits, loss
 
     @staticmethod
-    def _keep_mask(attention_mask, idx, S):
-        """(B, S) 1/0 padding mask -> boolean keep-mask (B, 1, T, S) that also lets each query see itself."""
-        B, T = idx.shape
-        mask = attention_mask.data if isinstance(attention_mask, Tensor) else backend.asarray(attention_mask, like=idx)
+    def _keep_mask(attention_mask, B, T, S, weight):
+        """(B, S) 1/0 padding mask -> boolean keep-mask (B, 1, T, S), beside ``weight``, that lets each query see itself."""
+        mask = backend.asarray(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask, like=weight)
         if tuple(mask.shape) != (B, S):
             raise ValueError(f"GPT: attention_mask has shape {tuple(mask.shape)}, expected (B, S) = {(B, S)} (cached + new positions)")
         xp = backend.array_module(mask)
