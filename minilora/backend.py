@@ -7,6 +7,7 @@ only global choice in minilora besides the default dtype.
     minilora.set_backend("cupy")          # or MINILORA_BACKEND=cupy
     minilora.get_backend()                # -> "cupy"
 """
+import contextlib
 import os
 
 import numpy as np
@@ -59,6 +60,17 @@ def get_backend():
     return _state["name"]
 
 
+@contextlib.contextmanager
+def using_backend(name):
+    """Inside the block, new tensors go to backend ``name``; the previous backend comes back afterwards."""
+    previous = _state["name"]
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
 def xp():
     """Return the array module of the current backend (numpy or cupy)."""
     return _state["xp"]
@@ -74,6 +86,17 @@ def set_default_dtype(dtype):
 
 def get_default_dtype():
     return _state["default_dtype"]
+
+
+@contextlib.contextmanager
+def using_default_dtype(dtype):
+    """Inside the block, tensors made from Python numbers get ``dtype`` (float64 for gradient checks)."""
+    previous = _state["default_dtype"]
+    set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        _state["default_dtype"] = previous
 
 
 def is_cupy_array(x):

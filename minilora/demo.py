@@ -92,13 +92,9 @@ def run_demo(args):
     for name in ("pretrain_steps", "finetune_steps", "eval_examples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"demo: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    previous = backend.get_backend()
-    args.backend = getattr(args, "backend", None) or previous
-    backend.set_backend(args.backend)
-    try:
+    args.backend = getattr(args, "backend", None) or backend.get_backend()
+    with backend.using_backend(args.backend):
         return _run(args)
-    finally:
-        backend.set_backend(previous)
 
 
 def _run(args):

@@ -145,14 +145,10 @@ class Module:
 
     def to(self, backend_name):
         """Move every parameter to "numpy" or "cupy" (gradients are dropped)."""
-        previous = backend.get_backend()
-        backend.set_backend(backend_name)
-        try:
+        with backend.using_backend(backend_name):
             for p in self.parameters():
                 p.data = backend.asarray(p.data)
                 p.grad = None
-        finally:
-            backend.set_backend(previous)
         return self
 
     def extra_repr(self):

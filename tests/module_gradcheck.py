@@ -1,5 +1,4 @@
 """Gradient checks of whole Modules: every parameter checked separately, by name, in float64."""
-import contextlib
 
 import numpy as np
 
@@ -7,15 +6,7 @@ from minilora import backend
 from minilora.gradcheck import gradcheck
 
 
-@contextlib.contextmanager
-def default_dtype(dtype):
-    """Build parameters in ``dtype`` inside the block (gradchecks need float64); restore the default after."""
-    previous = backend.get_default_dtype()
-    backend.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        backend.set_default_dtype(previous)
+default_dtype = backend.using_default_dtype  # build parameters in float64 inside the block, for gradchecks
 
 
 def assert_module_gradcheck(module, loss_fn, *extra, atol=1e-5, rtol=1e-3):

@@ -50,3 +50,17 @@ def test_same_seed_same_numbers():
 
 def test_to_numpy_returns_host_arrays():
     assert isinstance(minilora.to_numpy(minilora.Tensor([1.0, 2.0]).data), np.ndarray)
+
+
+def test_scopes_restore_the_previous_setting_even_after_an_error():
+    with pytest.raises(RuntimeError, match="inside"):
+        with backend.using_default_dtype("float64"):
+            assert minilora.Tensor([1.0]).dtype == np.float64
+            raise RuntimeError("inside")
+    assert minilora.get_default_dtype() == np.float32
+    with backend.using_backend("numpy"):
+        assert minilora.get_backend() == "numpy"
+    with pytest.raises(ValueError, match="unknown backend"):
+        with backend.using_backend("jax"):
+            pass
+    assert minilora.get_backend() == "numpy"

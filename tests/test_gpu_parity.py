@@ -5,12 +5,10 @@ it cannot run, as on CI, conftest skips them and says why. Each test picks its
 backends itself and puts the global choice back, so the file runs the same under
 MINILORA_BACKEND=numpy or cupy.
 """
-import contextlib
 
 import numpy as np
 import pytest
 
-import minilora
 import minilora.functional as F
 from minilora import Tensor, backend, no_grad
 from minilora.lora import LoraConfig, LoraModel, get_peft_model
@@ -23,15 +21,7 @@ CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=64,
 BATCHES = np.random.default_rng(1).integers(0, CONFIG.vocab_size, (20, 4, CONFIG.block_size + 1))  # 20 steps of (B, T + 1)
 
 
-@contextlib.contextmanager
-def using(name):
-    """Make ``name`` the current backend inside the block; the previous one comes back after."""
-    previous = minilora.get_backend()
-    minilora.set_backend(name)
-    try:
-        yield
-    finally:
-        minilora.set_backend(previous)
+using = backend.using_backend
 
 
 def train_losses(name):

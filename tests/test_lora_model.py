@@ -15,9 +15,8 @@ TARGETS = np.random.default_rng(1).integers(0, 20, (2, 6))
 
 @pytest.fixture
 def float64():
-    minilora.set_default_dtype("float64")
-    yield
-    minilora.set_default_dtype("float32")
+    with minilora.backend.using_default_dtype("float64"):
+        yield
 
 
 def tiny_gpt(n_layer=2, n_embd=16):

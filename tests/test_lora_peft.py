@@ -14,9 +14,8 @@ pytestmark = pytest.mark.oracle
 
 @pytest.fixture
 def float64():
-    minilora.set_default_dtype("float64")
-    yield
-    minilora.set_default_dtype("float32")
+    with minilora.backend.using_default_dtype("float64"):
+        yield
 
 
 class _Holder:

@@ -4,7 +4,7 @@ embedding: ids (...) of ints, weight (V, C) -> (..., C).
 dropout:   x (...) -> x (...), each value zeroed with probability p, the rest scaled by 1/(1-p).
 """
 from .. import backend
-from ..autograd import Function, Tensor
+from ..autograd import Function
 from .softmax import check_class_ids, ids_array
 
 
