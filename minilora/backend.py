@@ -185,6 +185,26 @@ def _deterministic_row_scatter_add(xp, target, rows, values):
     target[distinct] += sums.reshape((distinct.size,) + target.shape[1:])
 
 
+def peak_bytes_allocated(work):
+    """The high-water mark of array memory that ``work()`` allocates on the current backend, in bytes."""
+    if _state["name"] == "cupy":
+        # CuPy keeps freed blocks in its pool, so the pool's growth over the work is its high-water mark.
+        pool = _state["xp"].get_default_memory_pool()
+        pool.free_all_blocks()
+        before = pool.total_bytes()
+        work()
+        synchronize()
+        return pool.total_bytes() - before
+    import tracemalloc
+
+    tracemalloc.start()  # NumPy reports every array buffer it allocates to tracemalloc
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def synchronize():
     """Wait for the GPU to finish queued work (a no-op on NumPy); call it before reading a timer."""
     if _state["name"] == "cupy":

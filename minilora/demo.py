@@ -26,7 +26,6 @@ import os
 import statistics
 import sys
 import time
-import tracemalloc
 
 import numpy as np
 
@@ -262,21 +261,7 @@ def measure_step(model, batch, timed_steps=5):
 
 def peak_training_bytes(model, work):
     """The model's weight bytes + the high-water mark of memory allocated while ``work()`` runs."""
-    weights = sum(p.data.nbytes for p in model.parameters())
-    if backend.get_backend() == "cupy":
-        # CuPy keeps freed blocks in its pool, so the pool's size after the work is its high-water mark.
-        pool = backend.xp().get_default_memory_pool()
-        pool.free_all_blocks()
-        before = pool.total_bytes()
-        work()
-        backend.synchronize()
-        return weights + pool.total_bytes() - before
-    tracemalloc.start()  # NumPy reports every array buffer it allocates to tracemalloc
-    try:
-        work()
-        return weights + tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    return sum(p.data.nbytes for p in model.parameters()) + backend.peak_bytes_allocated(work)
 
 
 def latency_ms(model, idx, repeats=7):

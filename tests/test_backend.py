@@ -64,3 +64,8 @@ def test_scopes_restore_the_previous_setting_even_after_an_error():
         with backend.using_backend("jax"):
             pass
     assert minilora.get_backend() == "numpy"
+
+
+def test_peak_bytes_allocated_sees_a_temporary_array():
+    peak = backend.peak_bytes_allocated(lambda: backend.xp().ones(1_000_000, dtype=np.float32).sum())
+    assert 4_000_000 <= peak < 5_000_000
