@@ -229,8 +229,9 @@ class Tensor:
                         "Fix: pass retain_graph=True to the first backward(), or recompute the forward."
                     )
                 if node.grad is None:
-                    node.grad = xp.zeros_like(node.data)
-                node.grad += g
+                    node.grad = g.astype(node.data.dtype, copy=True)  # a copy: g may also be another input's gradient
+                else:
+                    node.grad += g
                 continue
             input_grads = node._fn.backward(node._ctx, g)
             if not isinstance(input_grads, tuple):
