@@ -158,43 +158,38 @@ def scatter_add(target, indices, values):
     threads arrive: float sums then change in the last bit from run to run, and a
     resumed training run no longer repeats the uninterrupted one bit for bit. So
     the common case, rows picked by a 1-D integer array (the Embedding backward),
-    goes through ``_deterministic_row_scatter_add`` instead.
+    goes through ``minilora.fused.scatter_add_rows`` instead: a fixed order, and
+    no data-dependent sizes that would make the host wait for the GPU.
     """
     if not is_cupy_array(target):
         np.add.at(target, indices, values)
-    elif getattr(indices, "ndim", None) == 1 and indices.dtype.kind in "iu":
-        _deterministic_row_scatter_add(array_module(target), target, indices, values)
+    elif getattr(indices, "ndim", None) == 1 and indices.dtype.kind in "iu" and target.flags.c_contiguous:
+        from .fused import scatter_add_rows
+        rows = array_module(target).asarray(indices)
+        scatter_add_rows(target, rows % target.shape[0], values)  # -1 and n-1 are one row
     else:
         import cupyx
         cupyx.scatter_add(target, indices, values)
     return target
 
 
-def _deterministic_row_scatter_add(xp, target, rows, values):
-    """target[rows] += values for a 1-D ``rows`` (N,), in a fixed order: a one-hot matmul, no atomics.
+def fused_or_reference(reference, array):
+    """The Function to run on ``array``: the fused CuPy kernel for ``reference`` if minilora.fused has one.
 
-    With U distinct rows, one_hot (U, N) says which of the N value rows go to
-    each distinct row; one_hot @ values sums them (a GEMM: exact 0/1 products,
-    a fixed summation order, no two threads writing one place).
+    NumPy arrays always get the reference, the code that the docs derive; each
+    fused Function is tested equal to its reference and gradient-checked
+    (tests/test_fused.py).
     """
-    rows = xp.asarray(rows)
-    rows = xp.where(rows < 0, rows + target.shape[0], rows)  # -1 and n-1 are one row: count it once
-    distinct, which = xp.unique(rows, return_inverse=True)  # (U,), (N,): rows == distinct[which]
-    one_hot = (which.reshape(1, -1) == xp.arange(distinct.size).reshape(-1, 1)).astype(values.dtype)  # (U, N)
-    sums = one_hot @ values.reshape(rows.size, -1)  # (U, prod of the trailing shape)
-    target[distinct] += sums.reshape((distinct.size,) + target.shape[1:])
+    if not is_cupy_array(array):
+        return reference
+    from .fused import FUSED
+    return FUSED.get(reference, reference)
 
 
 def peak_bytes_allocated(work):
     """The high-water mark of array memory that ``work()`` allocates on the current backend, in bytes."""
     if _state["name"] == "cupy":
-        # CuPy keeps freed blocks in its pool, so the pool's growth over the work is its high-water mark.
-        pool = _state["xp"].get_default_memory_pool()
-        pool.free_all_blocks()
-        before = pool.total_bytes()
-        work()
-        synchronize()
-        return pool.total_bytes() - before
+        return _cupy_peak_bytes(_state["xp"], work)
     import tracemalloc
 
     tracemalloc.start()  # NumPy reports every array buffer it allocates to tracemalloc
@@ -203,6 +198,31 @@ def peak_bytes_allocated(work):
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def _cupy_peak_bytes(cupy, work):
+    """Count the bytes CuPy's pool hands out and takes back during ``work()``; return the most in use at once.
+
+    The pool's own size would overstate this: it keeps freed blocks, and a
+    block freed by one array and split for two smaller ones is counted once.
+    """
+    class PeakHook(cupy.cuda.MemoryHook):
+        name = "minilora_peak_bytes"
+
+        def __init__(self):
+            self.in_use = self.peak = 0
+
+        def malloc_postprocess(self, **info):
+            self.in_use += info["mem_size"]
+            self.peak = max(self.peak, self.in_use)
+
+        def free_postprocess(self, **info):
+            self.in_use -= info["mem_size"]
+
+    with PeakHook() as hook:
+        work()
+        synchronize()
+    return hook.peak
 
 
 def synchronize():

@@ -152,21 +152,32 @@ class AdamW(Optimizer):
         beta1, beta2 = self.betas
         for i, p in self._params_with_grad():
             xp = backend.array_module(p.data)
-            g = p.grad
             state = self.state.get(i)
             if state is None:
                 state = self.state[i] = {"step": 0, "exp_avg": xp.zeros_like(p.data), "exp_avg_sq": xp.zeros_like(p.data)}
             state["step"] += 1  # t = t + 1 (a Python int: reading it needs no sync)
-            t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-            p.data *= 1 - self.lr * self.weight_decay  # p = p - lr wd p
-            m *= beta1
-            m += (1 - beta1) * g  # m = beta1 m + (1 - beta1) g
-            v *= beta2
-            v += (1 - beta2) * (g * g)  # v = beta2 v + (1 - beta2) g^2
+            t = state["step"]
             # The bias corrections undo the pull of m = v = 0 towards zero in the first steps.
             step_size = self.lr / (1 - beta1 ** t)
-            denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** t) + self.eps  # sqrt(v_hat) + eps
-            p.data -= step_size * (m / denom)  # p = p - lr m_hat / (sqrt(v_hat) + eps)
+            bias2_sqrt = math.sqrt(1 - beta2 ** t)
+            update = backend.fused_or_reference(adamw_update, p.data)  # on the GPU: one kernel, not eleven
+            update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"],
+                   1 - self.lr * self.weight_decay, beta1, beta2, step_size, bias2_sqrt, self.eps)
+
+
+def adamw_update(p, g, m, v, decay, beta1, beta2, step_size, bias2_sqrt, eps):
+    """One AdamW update of the arrays p, m, v in place, given the gradient g and the step's scalars.
+
+    decay = 1 - lr wd, step_size = lr / (1 - beta1^t), bias2_sqrt = sqrt(1 - beta2^t).
+    """
+    xp = backend.array_module(p)
+    p *= decay  # p = p - lr wd p
+    m *= beta1
+    m += (1 - beta1) * g  # m = beta1 m + (1 - beta1) g
+    v *= beta2
+    v += (1 - beta2) * (g * g)  # v = beta2 v + (1 - beta2) g^2
+    denom = xp.sqrt(v) / bias2_sqrt + eps  # sqrt(v_hat) + eps
+    p -= step_size * (m / denom)  # p = p - lr m_hat / (sqrt(v_hat) + eps)
 
 
 def warmup_cosine(step, warmup_steps, total_steps, max_lr, min_lr=0.0):

@@ -11,14 +11,22 @@ from .. import backend
 from ..autograd import Function, Tensor
 
 
+def causal_mask(xp, T, S):
+    """(T, S) boolean: query t, at position S - T + t, may see keys 0 .. S - T + t (itself and the past)."""
+    return xp.tril(xp.ones((T, S), dtype=bool), k=S - T)
+
+
 class ScaledDotProductAttention(Function):
     @staticmethod
-    def forward(ctx, q, k, v, allowed, scale):
+    def forward(ctx, q, k, v, allowed, scale, causal=False):
         xp = backend.array_module(q)
         # 1. scores = q k^T * scale
         scores = q @ k.swapaxes(-1, -2)  # (B, H, T, S)
         scores *= scale
         # 2. masked positions get -inf, so softmax gives them exactly 0 (added in place: no new (B, H, T, S) array)
+        if causal:
+            past_and_self = causal_mask(xp, q.shape[-2], k.shape[-2])  # (T, S)
+            allowed = past_and_self if allowed is None else allowed & past_and_self
         if allowed is not None:
             scores += xp.where(allowed, 0.0, -xp.inf).astype(scores.dtype)  # the mask is small: (T, S) or (B, 1, 1, S)
         # 3. probabilities over the keys: softmax, in place (this (B, H, T, S) array is the largest here)
@@ -46,7 +54,7 @@ class ScaledDotProductAttention(Function):
         dq *= scale
         dk = dscores.swapaxes(-1, -2) @ q
         dk *= scale
-        return dq, dk, dv, None, None
+        return dq, dk, dv, None, None, None
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
@@ -56,19 +64,18 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale
     as with a KV cache); ``attn_mask`` is a boolean keep-mask. A query row with
     no visible key would be 0/0, so it raises instead.
     """
-    xp = backend.array_module(q.data)
     T, S = q.shape[-2], k.shape[-2]
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit (q, k share D; k, v share S)")
     allowed = None
-    if is_causal:
-        allowed = xp.tril(xp.ones((T, S), dtype=bool), k=S - T)  # (T, S)
     if attn_mask is not None:
-        mask = attn_mask.data if isinstance(attn_mask, Tensor) else backend.asarray(attn_mask, like=q.data)
-        if mask.dtype != bool:
-            raise TypeError(f"attention: attn_mask must be boolean (True = may attend), got {mask.dtype}")
-        allowed = mask if allowed is None else allowed & mask
-    if attn_mask is not None and not bool(allowed.any(axis=-1).all()):
-        raise ValueError("attention: some query can see no key (a whole mask row is False). Fix: let every query see at least itself.")
+        allowed = attn_mask.data if isinstance(attn_mask, Tensor) else backend.asarray(attn_mask, like=q.data)
+        if allowed.dtype != bool:
+            raise TypeError(f"attention: attn_mask must be boolean (True = may attend), got {allowed.dtype}")
+        visible = allowed & causal_mask(backend.array_module(allowed), T, S) if is_causal else allowed
+        if not bool(visible.any(axis=-1).all()):
+            raise ValueError("attention: some query can see no key (a whole mask row is False). Fix: let every query see at least itself.")
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    return ScaledDotProductAttention.apply(q, k, v, allowed, scale)
+    # On the GPU a fused kernel does steps 1-3 (minilora.fused); it is tested equal to this reference.
+    attention = backend.fused_or_reference(ScaledDotProductAttention, q.data)
+    return attention.apply(q, k, v, allowed, scale, causal=is_causal)

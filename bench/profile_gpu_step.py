@@ -1,0 +1,98 @@
+"""Where a training step's GPU time goes, op by op: minilora's GPT-2 small step on CuPy.
+
+Every Function's forward and backward is bracketed by two CUDA events, which
+the GPU records when it reaches them in stream order, so the time between them
+is that op's kernels alone, without making the host wait. The step is read
+back once at the end. "AdamW.step" is the optimizer; "rest" is what no event
+covers (zero_grad, the autograd engine's gradient sums, gaps where the GPU
+waited for the host).
+
+    python bench/profile_gpu_step.py [--mode full|lora] [--tf32] [--layers 12]
+"""
+import argparse
+import collections
+import os
+import time
+
+import numpy as np
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--mode", choices=["full", "lora"], default="lora")
+parser.add_argument("--tf32", action="store_true")
+parser.add_argument("--layers", type=int, default=12)
+args = parser.parse_args()
+os.environ["CUPY_TF32"] = "1" if args.tf32 else "0"  # read once, when CuPy is imported
+
+import cupy  # noqa: E402
+
+import minilora  # noqa: E402
+from minilora import backend  # noqa: E402
+from minilora.autograd import Function  # noqa: E402
+from minilora.lora import LoraConfig, get_peft_model  # noqa: E402
+from minilora.models import GPT, GPTConfig  # noqa: E402
+from minilora.optim import AdamW  # noqa: E402
+
+minilora.set_backend("cupy")
+spans = []  # (label, start event, end event)
+
+
+def timed(label, fn):
+    def wrapper(*a, **k):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        out = fn(*a, **k)
+        end.record()
+        spans.append((label, start, end))
+        return out
+    return wrapper
+
+
+def all_functions(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from all_functions(sub)
+
+
+model = GPT(GPTConfig(n_layer=args.layers, dropout=0.0))
+if args.mode == "lora":
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q", "v"]))
+opt = AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+rng = np.random.default_rng(0)
+idx, targets = (rng.integers(0, 50257, size=(8, 512)) for _ in range(2))  # (B, T) each
+
+
+def step():
+    opt.zero_grad()
+    _, loss = model(idx, targets)
+    loss.backward()
+    opt.step()
+
+
+for _ in range(3):
+    step()
+for fn in set(all_functions(Function)):
+    if "forward" in vars(fn):
+        fn.forward = staticmethod(timed(f"{fn.__name__}.forward", vars(fn)["forward"].__func__))
+    if "backward" in vars(fn):
+        fn.backward = staticmethod(timed(f"{fn.__name__}.backward", vars(fn)["backward"].__func__))
+opt.step = timed("AdamW.step", opt.step)
+backend.synchronize()
+begin, finish = cupy.cuda.Event(), cupy.cuda.Event()
+host_start = time.perf_counter()
+begin.record()
+step()
+finish.record()
+host_ms = 1000 * (time.perf_counter() - host_start)
+finish.synchronize()
+total = cupy.cuda.get_elapsed_time(begin, finish)
+by_label = collections.defaultdict(lambda: [0, 0.0])
+for label, start, end in spans:
+    by_label[label][0] += 1
+    by_label[label][1] += cupy.cuda.get_elapsed_time(start, end)
+print(f"{args.mode} step, {args.layers} layers, TF32 {'on' if args.tf32 else 'off'}: "
+      f"GPU {total:.1f} ms, host queued it in {host_ms:.1f} ms")
+print(f"{'op':<40}{'calls':>6}{'ms':>9}{'%':>7}")
+for label, (calls, ms) in sorted(by_label.items(), key=lambda kv: -kv[1][1]):
+    print(f"{label:<40}{calls:6d}{ms:9.2f}{100 * ms / total:7.1f}")
+rest = total - sum(ms for _, ms in by_label.values())
+print(f"{'rest':<40}{'':6}{rest:9.2f}{100 * rest / total:7.1f}")

@@ -1,0 +1,86 @@
+"""Attention's softmax, scaled and causally masked in one kernel each way.
+
+Shapes: q (B, H, T, D), k and v (B, H, S, D) -> (B, H, T, D); the scores and
+probabilities are (B, H, T, S), the largest arrays of the step. The reference
+scales them, adds the mask, subtracts the max, takes exp and divides: five
+passes. Here one warp per (b, h, t) row does it in place, skipping the keys
+that the causal mask hides, and the backward writes scale * dscores over dP,
+so dq = dscores k needs no further pass.
+"""
+import numpy as np
+
+from .. import backend
+from ..functional.attention import ScaledDotProductAttention
+from ._cuda import fusable, launch_rows, row_kernel
+
+SOURCE = r"""
+// scores (rows = B*H*T, cols = S) hold q k^T; in place they become P = softmax(scale * scores + causal mask).
+// Query t = row % queries is position t + (cols - queries) (the keys end with the queries, as with a KV cache),
+// so causally it sees keys 0 .. t + cols - queries.
+template <typename T>
+__global__ void attention_softmax_forward(T* scores, int rows, int cols, int queries, int causal, T scale) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    scores += (long long)row * cols;
+    int last = causal ? row % queries + cols - queries : cols - 1;  // the last key this query may see
+    T m = NEGATIVE_INFINITY;
+    for (int c = lane; c <= last; c += 32) m = fmax(m, scores[c] * scale);
+    m = warp_max(m);
+    T s = 0;
+    for (int c = lane; c <= last; c += 32) s += exp(scores[c] * scale - m);
+    s = warp_sum(s);
+    for (int c = lane; c < cols; c += 32) scores[c] = c <= last ? exp(scores[c] * scale - m) / s : (T)0;
+}
+
+// P = softmax(z), z = scale * scores  =>  dscores = scale P (dP - sum(dP P)), written over dP.
+// Hidden keys have P = 0, so their dscores is 0 with no test.
+template <typename T>
+__global__ void attention_softmax_backward(const T* probs, T* dprobs, int rows, int cols, T scale) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    long long start = (long long)row * cols;
+    T dot = 0;
+    for (int c = lane; c < cols; c += 32) dot += dprobs[start + c] * probs[start + c];
+    dot = warp_sum(dot);
+    for (int c = lane; c < cols; c += 32) dprobs[start + c] = scale * probs[start + c] * (dprobs[start + c] - dot);
+}
+"""
+
+
+class FusedScaledDotProductAttention(ScaledDotProductAttention):
+    """The reference's inputs. The kernel knows only the causal mask: a user's mask (``allowed``) takes the reference path."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, allowed, scale, causal=False):
+        ctx.fused = fusable(q, k, v) and allowed is None
+        if not ctx.fused:
+            return ScaledDotProductAttention.forward(ctx, q, k, v, allowed, scale, causal)
+        T, S = q.shape[-2], k.shape[-2]
+        # 1. scores = q k^T (cuBLAS writes a fresh contiguous array)
+        scores = backend.array_module(q).ascontiguousarray(q @ k.swapaxes(-1, -2))  # (B, H, T, S)
+        rows = scores.size // S if S else 0
+        # 2.+3. scale, mask and softmax in place
+        kernel = row_kernel(SOURCE, "attention_softmax_forward", q.dtype)
+        launch_rows(kernel, rows, scores, np.int32(rows), np.int32(S), np.int32(T), np.int32(causal),
+                    q.dtype.type(scale))
+        probs = scores
+        ctx.q, ctx.k, ctx.v, ctx.probs, ctx.scale = q, k, v, probs, scale
+        # 4. weighted sum of values
+        return probs @ v  # (B, H, T, D)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.fused:
+            return ScaledDotProductAttention.backward(ctx, grad)
+        cupy = backend.array_module(grad)
+        q, k, v, probs = ctx.q, ctx.k, ctx.v, ctx.probs
+        # 4. out = P v  =>  dP = dout v^T, dv = P^T dout
+        dprobs = cupy.ascontiguousarray(grad @ v.swapaxes(-1, -2))  # (B, H, T, S)
+        dv = probs.swapaxes(-1, -2) @ grad  # (B, H, S, D)
+        # 3.+2. dscores = scale P (dP - sum(dP P)), in dP's buffer
+        rows, S = probs.size // probs.shape[-1], probs.shape[-1]
+        kernel = row_kernel(SOURCE, "attention_softmax_backward", probs.dtype)
+        launch_rows(kernel, rows, probs, dprobs, np.int32(rows), np.int32(S), probs.dtype.type(ctx.scale))
+        dscores = dprobs
+        # 1. scores = q k^T  =>  dq = dscores k, dk = dscores^T q (the scale is already in dscores)
+        return dscores @ k, dscores.swapaxes(-1, -2) @ q, dv, None, None, None
