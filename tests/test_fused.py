@@ -139,7 +139,7 @@ def test_fused_equals_reference_in_float32_at_model_sizes(name):
         fused = output_and_grads(call, fused_version(reference), arrays_, consts, dtype=np.float32)
         ref = output_and_grads(call, reference, arrays_, consts, dtype=np.float32)
     assert fused[0].dtype == np.float32
-    assert_same(fused, ref, rtol=2e-4, atol=2e-6)
+    assert_same(fused, ref, rtol=2e-4, atol=1e-5)  # float32 rounding; the float64 test above is the tight one
 
 
 def test_the_functional_ops_pick_the_fused_kernels_on_the_gpu_only():

@@ -1,4 +1,5 @@
 """Matrix products: ``matmul`` (batched, broadcasting) and ``linear`` (y = x W^T + b)."""
+from .. import backend
 from ..autograd import Function
 
 
@@ -66,7 +67,7 @@ class Linear(Function):
         grad2d = grad.reshape(-1, grad.shape[-1])  # (N, out), N = all leading axes
         dx = (grad2d @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
         dw = grad2d.T @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
-        db = grad2d.sum(axis=0) if len(ctx.needs_input_grad) > 2 and ctx.needs_input_grad[2] else None
+        db = backend.sum_over_rows(grad2d) if len(ctx.needs_input_grad) > 2 and ctx.needs_input_grad[2] else None
         return dx, dw, db
 
 

@@ -2,10 +2,9 @@
 
 The forward keeps only the per-row mean and 1/std, (N,) each, besides x;
 the backward recomputes xhat = (x - mean) rstd on the fly instead of storing it.
-dweight and dbias sum over rows (a column sum), which a ReductionKernel does.
+dweight and dbias are sums over rows: the backward kernel writes dy xhat, and
+``backend.sum_over_rows`` (a matrix-vector product) adds up the rows.
 """
-import functools
-
 import numpy as np
 
 from .. import backend
@@ -36,9 +35,10 @@ __global__ void layer_norm_forward(const T* x, const T* weight, const T* bias, T
 }
 
 // y = xhat w + b, xhat = (x - mean) rstd  =>  dxhat = dy w, dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
+// dweight = sum over rows of dy xhat: written out per element (dy_xhat) when wanted, summed by a matmul
 template <typename T>
 __global__ void layer_norm_backward(const T* x, const T* weight, const T* mean_in, const T* rstd_in, const T* dy,
-                                    T* dx, int rows, int cols, int has_weight) {
+                                    T* dx, T* dy_xhat, int rows, int cols, int has_weight, int want_dy_xhat) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     long long start = (long long)row * cols;
@@ -55,20 +55,10 @@ __global__ void layer_norm_backward(const T* x, const T* weight, const T* mean_i
         T xhat = (x[start + c] - mean) * rstd;
         T dxhat = has_weight ? dy[start + c] * weight[c] : dy[start + c];
         dx[start + c] = rstd * (dxhat - dxhat_mean - xhat * dxhat_xhat_mean);
+        if (want_dy_xhat) dy_xhat[start + c] = dy[start + c] * xhat;
     }
 }
 """
-
-
-@functools.lru_cache(maxsize=None)
-def _dweight_kernel():
-    import cupy
-
-    # dweight = sum over rows of dy xhat, with xhat recomputed from x, mean and rstd
-    return cupy.ReductionKernel(
-        "T dy, T x, T mean, T rstd", "T dweight", "dy * (x - mean) * rstd", "a + b", "dweight = a", "0",
-        "minilora_layer_norm_dweight",
-    )
 
 
 class FusedLayerNorm(LayerNorm):
@@ -99,13 +89,12 @@ class FusedLayerNorm(LayerNorm):
         x2, mean, rstd, weight = ctx.x2, ctx.mean, ctx.rstd, ctx.weight
         rows, cols = x2.shape
         dy = cupy.ascontiguousarray(grad, dtype=x2.dtype).reshape(rows, cols)  # (N, C)
-        dbias = dy.sum(axis=0) if ctx.needs_input_grad[2] else None
-        dweight = _dweight_kernel()(dy, x2, mean[:, None], rstd[:, None], axis=0) if ctx.needs_input_grad[1] else None
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = cupy.empty_like(x2)
-            kernel = row_kernel(SOURCE, "layer_norm_backward", x2.dtype)
-            launch_rows(kernel, rows, x2, x2 if weight is None else weight, mean, rstd, dy, dx,
-                        np.int32(rows), np.int32(cols), np.int32(weight is not None))
-            dx = dx.reshape(ctx.shape)
-        return dx, dweight, dbias
+        dbias = backend.sum_over_rows(dy) if ctx.needs_input_grad[2] else None
+        want_dweight = ctx.needs_input_grad[1]
+        dx = cupy.empty_like(x2)  # (N, C), written even when x needs no gradient: the kernel also makes dy xhat
+        dy_xhat = cupy.empty_like(x2) if want_dweight else dx  # (N, C)
+        kernel = row_kernel(SOURCE, "layer_norm_backward", x2.dtype)
+        launch_rows(kernel, rows, x2, x2 if weight is None else weight, mean, rstd, dy, dx, dy_xhat,
+                    np.int32(rows), np.int32(cols), np.int32(weight is not None), np.int32(want_dweight))
+        dweight = backend.sum_over_rows(dy_xhat) if want_dweight else None
+        return (dx.reshape(ctx.shape) if ctx.needs_input_grad[0] else None), dweight, dbias

@@ -10,6 +10,7 @@ Writing the low-rank path as (x A^T) B^T, never as x (B A)^T, is the point of
 LoRA: the d x k update matrix is never formed, and the product costs
 2 N r (k + d) FLOPs instead of 2 N d k.
 """
+from .. import backend
 from ..autograd import Function
 
 
@@ -49,7 +50,7 @@ class LoRALinearFunction(Function):
         s = ctx.scaling
         g = grad.reshape(-1, grad.shape[-1])  # (N, d)
         # Steps in reverse. 3. h = ... + b  =>  db = sum over rows of dh
-        db = g.sum(axis=0) if need_b else None
+        db = backend.sum_over_rows(g) if need_b else None
         # 2. h = ... + s xa B^T  =>  dB = s dh^T xa, d(xa) = s dh B;  xa = xd A^T  =>  dA = d(xa)^T xd
         gB = g @ ctx.B if (need_x or need_A) else None  # (N, r): dh B, shared by dx and dA
         dB = s * (g.T @ ctx.xa) if need_B else None  # (d, r)
