@@ -74,13 +74,14 @@ class FusedScaledDotProductAttention(ScaledDotProductAttention):
             return ScaledDotProductAttention.backward(ctx, grad)
         cupy = backend.array_module(grad)
         q, k, v, probs = ctx.q, ctx.k, ctx.v, ctx.probs
-        # 4. out = P v  =>  dP = dout v^T, dv = P^T dout
+        # 4. out = P v  =>  dP = dout v^T, dv = P^T dout. CuPy would copy a transposed (T, S) operand
+        # first (as long as the product itself), so P^T dout is taken as (dout^T P)^T: only the small one moves.
         dprobs = cupy.ascontiguousarray(grad @ v.swapaxes(-1, -2))  # (B, H, T, S)
-        dv = probs.swapaxes(-1, -2) @ grad  # (B, H, S, D)
+        dv = (grad.swapaxes(-1, -2) @ probs).swapaxes(-1, -2)  # (B, H, S, D)
         # 3.+2. dscores = scale P (dP - sum(dP P)), in dP's buffer
         rows, S = probs.size // probs.shape[-1], probs.shape[-1]
         kernel = row_kernel(SOURCE, "attention_softmax_backward", probs.dtype)
         launch_rows(kernel, rows, probs, dprobs, np.int32(rows), np.int32(S), probs.dtype.type(ctx.scale))
         dscores = dprobs
-        # 1. scores = q k^T  =>  dq = dscores k, dk = dscores^T q (the scale is already in dscores)
-        return dscores @ k, dscores.swapaxes(-1, -2) @ q, dv, None, None, None
+        # 1. scores = q k^T  =>  dq = dscores k, dk = dscores^T q = (q^T dscores)^T (the scale is already in dscores)
+        return dscores @ k, (q.swapaxes(-1, -2) @ dscores).swapaxes(-1, -2), dv, None, None, None
