@@ -64,7 +64,7 @@ class Method:
 # keeps the update's size comparable.
 METHODS = (
     Method("full fine-tuning", "full", lr=1e-3, steps=150),
-    Method("LoRA r=8 (q, v)", "lora_r8", lr=1e-2, steps=500, lora=LoraConfig(r=8, lora_alpha=16, target_modules=["q", "v"])),
+    Method("LoRA r=8 (q, v)", "lora_r8", lr=1e-2, steps=700, lora=LoraConfig(r=8, lora_alpha=16, target_modules=["q", "v"])),
     Method("LoRA r=1 (q, v)", "lora_r1", lr=1e-2, steps=300, lora=LoraConfig(r=1, lora_alpha=16, target_modules=["q", "v"])),
 )
 BASE = "base (no tuning)"

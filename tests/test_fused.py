@@ -229,14 +229,3 @@ def test_fused_adamw_update_equals_the_reference(dtype, rtol):
             results.append([backend.to_numpy(a) for a in (p, m, v)])
     for ours, reference in zip(results[1], results[0]):
         np.testing.assert_allclose(ours, reference, rtol=rtol, atol=rtol)
-
-
-@given(st.integers(0, 300), st.integers(1, 40), st.integers(0, 99))
-def test_column_sums_equal_numpy(rows, cols, seed):
-    from minilora.fused import column_sums
-
-    a = np.random.default_rng(seed).standard_normal((rows, cols))
-    with backend.using_backend("cupy"):
-        import cupy
-        got = backend.to_numpy(column_sums(cupy.asarray(a)[:, ::1]))
-    np.testing.assert_allclose(got, a.sum(axis=0), rtol=1e-12, atol=1e-12)

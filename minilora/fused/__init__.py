@@ -11,7 +11,6 @@ in fewer passes over memory and with less kept for the backward:
     cross_entropy.py  FusedCrossEntropy                keeps log-sum-exp per row, not log-softmax
     scatter.py        scatter_add_rows                 the Embedding backward, deterministic, no host wait
     adamw.py          fused_adamw_update               AdamW's eleven array operations in one kernel
-    column_sum.py     column_sums                      sums over rows (bias gradients) at the GPU's memory speed
 
 ``backend.fused_or_reference(Reference, array)`` picks the fused Function (or function) for
 CuPy arrays and the reference for NumPy ones. tests/test_fused.py checks every
@@ -25,7 +24,6 @@ from ..functional.softmax import CrossEntropy, Softmax
 from ..optim import adamw_update
 from .adamw import fused_adamw_update
 from .attention import FusedScaledDotProductAttention
-from .column_sum import column_sums
 from .cross_entropy import FusedCrossEntropy
 from .gelu import FusedGeluTanh
 from .layer_norm import FusedLayerNorm
@@ -42,5 +40,5 @@ FUSED = {
 }
 
 __all__ = ["FUSED", "FusedSoftmax", "FusedScaledDotProductAttention", "FusedLayerNorm", "FusedGeluTanh",
-           "FusedCrossEntropy", "scatter_add_rows", "column_sums",
+           "FusedCrossEntropy", "scatter_add_rows",
            "fused_adamw_update"]
