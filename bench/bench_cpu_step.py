@@ -113,6 +113,9 @@ def main():
     args = parser.parse_args()
 
     import torch
+
+    from minilora import backend
+    retained = backend.retain_host_memory()  # as train.fit does; process-wide, so PyTorch gets it too
     if args.threads:
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -120,7 +123,8 @@ def main():
     targets = rng.integers(0, SHAPE["vocab_size"], size=(BATCH, SHAPE["block_size"]), dtype=np.int64)  # (B, T)
 
     print(f"classroom GPT {SHAPE}, B={BATCH}, fp32, AdamW; median of {args.steps} steps after {args.warmup} warmup")
-    print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+          f"freed host memory {'kept (backend.retain_host_memory)' if retained else 'returned to the kernel'}")
     print(f"{'step':<28}{'minilora (NumPy)':>18}{'PyTorch eager':>16}{'ratio':>8}")
     for lora in {"full": [False], "lora": [True], "both": [False, True]}[args.mode]:
         ours = time_steps(minilora_step(idx, targets, lora), args.warmup, args.steps)

@@ -238,6 +238,32 @@ def _cupy_peak_bytes(cupy, work):
     return hook.peak
 
 
+def retain_host_memory():
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the kernel.
+
+    Each training step frees its activations and allocates them again in the
+    next one. By default glibc gives large freed blocks back to the kernel (it
+    unmaps them and trims the heap), so every step the kernel must map and zero
+    them again, page by page, on first touch: on a 2-core CPU that was a third
+    of the classroom GPT's step (docs/performance.md). A GPU needs nothing like
+    this: CuPy's memory pool keeps its blocks already.
+
+    Process-wide, like ``torch.set_num_threads``; the memory kept is at most the
+    process's peak. ``train.fit`` calls it. Returns True where it took effect
+    (glibc), False elsewhere, where nothing changes.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:  # not glibc: no mallopt to call
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    kept_mapped = mallopt(m_mmap_threshold, 32 << 20)  # blocks up to 32 MB (glibc's limit) come from the heap
+    kept_heap = mallopt(m_trim_threshold, 1 << 30)  # and the heap shrinks only past 1 GB of free space
+    return bool(kept_mapped and kept_heap)
+
+
 def synchronize():
     """Wait for the GPU to finish queued work (a no-op on NumPy); call it before reading a timer."""
     if _state["name"] == "cupy":

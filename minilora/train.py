@@ -44,6 +44,7 @@ def fit(model, optimizer, get_batch, steps, *, seed=0, schedule=None, clip=None,
     Each history entry is {"step": s (1-based: steps done), "loss", "lr", "time"
     (seconds of training so far), **eval results}.
     """
+    backend.retain_host_memory()
     rng = backend.default_rng(seed)
     history, start, elapsed = [], 0, 0.0
     path = os.path.join(checkpoint_dir, CHECKPOINT_FILE) if checkpoint_dir else None

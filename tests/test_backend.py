@@ -70,3 +70,11 @@ def test_scopes_restore_the_previous_setting_even_after_an_error():
 def test_peak_bytes_allocated_sees_a_temporary_array():
     peak = backend.peak_bytes_allocated(lambda: backend.xp().ones(1_000_000, dtype=np.float32).sum())
     assert 4_000_000 <= peak < 5_000_000
+
+
+def test_retain_host_memory_takes_effect_exactly_where_glibc_runs():
+    import platform
+
+    on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert backend.retain_host_memory() is on_glibc
+    assert backend.retain_host_memory() is on_glibc  # calling it again changes nothing
