@@ -1,4 +1,6 @@
 """Semantics of the autograd engine: accumulation, no_grad, deep graphs, shared subexpressions, freeing."""
+import weakref
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,35 @@ def test_graph_is_freed_after_backward():
     assert y._parents == () and y._ctx is None
     with pytest.raises(RuntimeError, match="already freed"):
         y.backward()
+
+
+class KeepsACopy(Function):
+    """y = 2 x, keeping a copy of x as its saved activation; its backward notes which saved copies still exist."""
+
+    @staticmethod
+    def forward(ctx, x, name, notes):
+        ctx.saved, ctx.name, ctx.notes = x.copy(), name, notes
+        notes["saved"][name] = weakref.ref(ctx.saved)
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.notes["alive"][ctx.name] = sorted(n for n, ref in ctx.notes["saved"].items() if ref() is not None)
+        return 2 * grad, None, None
+
+
+@pytest.mark.parametrize("retain_graph", [False, True])
+def test_activations_are_freed_as_soon_as_their_backward_has_run(retain_graph):
+    notes = {"saved": {}, "alive": {}}
+    with minilora.backend.using_backend("numpy"):
+        h = leaf([1.0, 2.0])
+        for name in ("first", "second", "third"):
+            h = KeepsACopy.apply(h, name, notes)
+        h.sum().backward(retain_graph=retain_graph)
+    if retain_graph:
+        assert notes["alive"]["first"] == ["first", "second", "third"]
+    else:  # backward runs third, second, first; each one's activation is gone before the next runs
+        assert notes["alive"] == {"third": ["first", "second", "third"], "second": ["first", "second"], "first": ["first"]}
 
 
 def test_retain_graph_allows_a_second_backward():
