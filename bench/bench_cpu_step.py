@@ -5,12 +5,19 @@ A step is zero_grad + forward + cross-entropy + backward + AdamW.step.
 Two kinds of step: full fine-tuning, and LoRA r=8 (alpha 16) on q and v
 (minilora.lora against PEFT on the same PyTorch model; only A and B train).
 Each side runs --warmup steps, then the median of --steps timed steps is printed.
+Peak memory is measured apart, one fresh process per side and kind of step: the
+most resident memory (Linux's VmHWM, reset after the imports) while it builds
+the model and runs 3 steps, less what the process held after its imports.
+(PyTorch's CPU tensors are not visible to tracemalloc, so both sides are
+measured the same outside way.)
 
     python bench/bench_cpu_step.py [--steps 20] [--warmup 5] [--threads N] [--mode full|lora|both]
 """
 import argparse
 import math
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -104,13 +111,47 @@ def torch_step(idx, targets, lora=False):
     return step
 
 
+def peak_resident_bytes(side, lora):
+    """Run 3 steps of one side in a fresh process; the growth of its peak resident memory, in bytes."""
+    command = [sys.executable, __file__, "--peak-of", side] + (["--mode", "lora"] if lora else ["--mode", "full"])
+    return int(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
+
+
+def report_own_peak(side, lora):
+    """The body of a --peak-of process: print how far 3 steps raise this process's peak resident memory."""
+    import numpy  # noqa: F401  the imports' own memory is not the step's
+    if side == "torch":
+        import torch  # noqa: F401
+    from minilora import backend
+    backend.retain_host_memory()  # as in the timed run
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, SHAPE["vocab_size"], size=(BATCH, SHAPE["block_size"]), dtype=np.int64)  # (B, T)
+    targets = rng.integers(0, SHAPE["vocab_size"], size=(BATCH, SHAPE["block_size"]), dtype=np.int64)  # (B, T)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the high-water mark, which the imports raised
+    before = resident_kib("VmRSS")
+    step = (torch_step if side == "torch" else minilora_step)(idx, targets, lora)
+    for _ in range(3):
+        step()
+    print(1024 * (resident_kib("VmHWM") - before))
+
+
+def resident_kib(field):
+    """VmRSS (resident now) or VmHWM (its high-water mark) of this process, in KiB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per side (the median is reported)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--mode", choices=["full", "lora", "both"], default="both", help="which kind of step")
+    parser.add_argument("--peak-of", choices=["minilora", "torch"], help=argparse.SUPPRESS)  # the memory subprocess
     args = parser.parse_args()
+    if args.peak_of:
+        return report_own_peak(args.peak_of, args.mode == "lora")
 
     import torch
 
@@ -132,6 +173,8 @@ def main():
         name = f"LoRA r={LORA['r']} on q, v (+PEFT)" if lora else "full fine-tuning"
         print(f"{name:<28}{ours:15.1f} ms{theirs:13.1f} ms{ours / theirs:8.2f}")
         assert math.isfinite(ours) and math.isfinite(theirs)
+        our_peak, their_peak = peak_resident_bytes("minilora", lora), peak_resident_bytes("torch", lora)
+        print(f"{'  peak memory':<28}{our_peak / 2**20:15.1f} MB{their_peak / 2**20:13.1f} MB{our_peak / their_peak:8.2f}", flush=True)
 
 
 if __name__ == "__main__":
