@@ -15,27 +15,14 @@ measured the same outside way.)
 """
 import argparse
 import math
-import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
+from timing import median_ms
 
 SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=96)
 BATCH = 32
-
-
-def time_steps(step, warmup, steps):
-    """Median wall-clock milliseconds of ``step()`` over ``steps`` calls, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 LORA = dict(r=8, lora_alpha=16, target_modules=["q", "v"])
@@ -168,8 +155,8 @@ def main():
           f"freed host memory {'kept (backend.retain_host_memory)' if retained else 'returned to the kernel'}")
     print(f"{'step':<28}{'minilora (NumPy)':>18}{'PyTorch eager':>16}{'ratio':>8}")
     for lora in {"full": [False], "lora": [True], "both": [False, True]}[args.mode]:
-        ours = time_steps(minilora_step(idx, targets, lora), args.warmup, args.steps)
-        theirs = time_steps(torch_step(idx, targets, lora), args.warmup, args.steps)
+        ours = median_ms(minilora_step(idx, targets, lora), args.warmup, args.steps)
+        theirs = median_ms(torch_step(idx, targets, lora), args.warmup, args.steps)
         name = f"LoRA r={LORA['r']} on q, v (+PEFT)" if lora else "full fine-tuning"
         print(f"{name:<28}{ours:15.1f} ms{theirs:13.1f} ms{ours / theirs:8.2f}")
         assert math.isfinite(ours) and math.isfinite(theirs)

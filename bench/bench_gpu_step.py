@@ -20,11 +20,10 @@ max_memory_allocated) from before the model is built to after three steps.
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
+from timing import median_ms
 
 LORA_R, LORA_ALPHA = 8, 16
 
@@ -64,20 +63,6 @@ def torch_sync():
         torch.cuda.synchronize()
 
 
-def median_ms(fn, sync, warmup, steps):
-    """Median wall-clock milliseconds of ``fn()`` (the GPU finished each time) after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
-
-
 # ---------------------------------------------------------------- minilora
 
 def minilora_model(lora):
@@ -110,7 +95,7 @@ def minilora_train(idx, targets, lora):
         state["step"] = step
 
     peak = backend.peak_bytes_allocated(build_and_step)
-    return peak, median_ms(state["step"], backend.synchronize, ARGS.warmup, ARGS.steps)
+    return peak, median_ms(state["step"], ARGS.warmup, ARGS.steps, backend.synchronize)
 
 
 def minilora_forward(idx):
@@ -123,11 +108,11 @@ def minilora_forward(idx):
     def forward():
         with no_grad():
             model(idx)
-    base = median_ms(forward, backend.synchronize, ARGS.warmup, ARGS.steps)
+    base = median_ms(forward, ARGS.warmup, ARGS.steps, backend.synchronize)
     model = get_peft_model(model, LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=["q", "v"]))
-    unmerged = median_ms(forward, backend.synchronize, ARGS.warmup, ARGS.steps)
+    unmerged = median_ms(forward, ARGS.warmup, ARGS.steps, backend.synchronize)
     model.merge_adapter()
-    merged = median_ms(forward, backend.synchronize, ARGS.warmup, ARGS.steps)
+    merged = median_ms(forward, ARGS.warmup, ARGS.steps, backend.synchronize)
     return base, unmerged, merged
 
 
@@ -170,7 +155,7 @@ def torch_train(idx, targets, lora):
         step()
     torch_sync()
     peak = torch.cuda.max_memory_allocated() - before if TORCH_DEVICE == "cuda" else float("nan")
-    return peak, median_ms(step, torch_sync, ARGS.warmup, ARGS.steps)
+    return peak, median_ms(step, ARGS.warmup, ARGS.steps, torch_sync)
 
 
 def torch_forward(idx):
@@ -180,13 +165,13 @@ def torch_forward(idx):
     def forward():
         with torch.no_grad():
             model(input_ids=idx_t)
-    base = median_ms(forward, torch_sync, ARGS.warmup, ARGS.steps)
+    base = median_ms(forward, ARGS.warmup, ARGS.steps, torch_sync)
     import peft
     model = peft.get_peft_model(model, peft.LoraConfig(
         r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=["c_attn"], lora_dropout=0.0, fan_in_fan_out=True))
-    unmerged = median_ms(forward, torch_sync, ARGS.warmup, ARGS.steps)
+    unmerged = median_ms(forward, ARGS.warmup, ARGS.steps, torch_sync)
     model.merge_adapter()
-    merged = median_ms(forward, torch_sync, ARGS.warmup, ARGS.steps)
+    merged = median_ms(forward, ARGS.warmup, ARGS.steps, torch_sync)
     return base, unmerged, merged
 
 

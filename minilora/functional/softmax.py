@@ -69,6 +69,27 @@ def check_class_ids(op, ids, num_classes, ignore_index=None):
         )
 
 
+def reduce_losses(ctx, losses, keep, reduction, shape):
+    """Per-row losses (N,) -> the mean over kept rows, their sum, or all of them in ``shape``; ctx keeps what backward needs."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    ctx.keep, ctx.reduction = keep, reduction
+    if reduction == "mean":
+        xp = backend.array_module(losses)
+        ctx.count = xp.maximum(keep.sum(), 1).astype(losses.dtype)  # an int count would promote float32 to float64
+        return losses.sum() / ctx.count
+    return losses.sum() if reduction == "sum" else losses.reshape(shape)
+
+
+def loss_gradient_per_row(ctx, grad):
+    """d(reduced loss)/d(loss_n) times the upstream ``grad``, for each row n: (N,), zero for ignored rows."""
+    if ctx.reduction == "none":
+        return grad.reshape(-1) * ctx.keep
+    if ctx.reduction == "mean":
+        return grad * ctx.keep / ctx.count
+    return grad * ctx.keep
+
+
 class CrossEntropy(Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_index=-100, reduction="mean"):
@@ -85,16 +106,8 @@ class CrossEntropy(Function):
         safe_targets = xp.where(keep, targets1d, 0)
         logp = _log_softmax(logits2d, -1)  # (N, C)
         losses = -logp[xp.arange(len(targets1d)), safe_targets] * keep  # (N,)
-        count = keep.sum()
-        ctx.logp, ctx.targets, ctx.keep, ctx.shape, ctx.reduction = logp, safe_targets, keep, logits.shape, reduction
-        if reduction == "mean":
-            ctx.count = xp.maximum(count, 1).astype(logits.dtype)  # an int count would promote float32 to float64
-            return losses.sum() / ctx.count
-        if reduction == "sum":
-            return losses.sum()
-        if reduction == "none":
-            return losses.reshape(targets.shape)
-        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        ctx.logp, ctx.targets, ctx.shape = logp, safe_targets, logits.shape
+        return reduce_losses(ctx, losses, keep, reduction, targets.shape)
 
     @staticmethod
     def backward(ctx, grad):
@@ -102,13 +115,7 @@ class CrossEntropy(Function):
         xp = backend.array_module(grad)
         dlogits = xp.exp(ctx.logp)  # (N, C)
         dlogits[xp.arange(len(ctx.targets)), ctx.targets] -= 1
-        if ctx.reduction == "none":
-            scale = grad.reshape(-1) * ctx.keep
-        elif ctx.reduction == "mean":
-            scale = grad * ctx.keep / ctx.count
-        else:
-            scale = grad * ctx.keep
-        dlogits *= scale[:, None]
+        dlogits *= loss_gradient_per_row(ctx, grad)[:, None]
         return dlogits.reshape(ctx.shape), None
 
 

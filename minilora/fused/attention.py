@@ -4,14 +4,15 @@ Shapes: q (B, H, T, D), k and v (B, H, S, D) -> (B, H, T, D); the scores and
 probabilities are (B, H, T, S), the largest arrays of the step. The reference
 scales them, adds the mask, subtracts the max, takes exp and divides: five
 passes. Here one warp per (b, h, t) row does it in place, skipping the keys
-that the causal mask hides, and the backward writes scale * dscores over dP,
-so dq = dscores k needs no further pass.
+that the causal mask hides, and the backward (softmax.py's kernel, with the
+scale) writes scale * dscores over dP, so dq = dscores k needs no further pass.
 """
 import numpy as np
 
 from .. import backend
 from ..functional.attention import ScaledDotProductAttention
 from ._cuda import fusable, launch_rows, row_kernel
+from .softmax import SOURCE as SOFTMAX_SOURCE
 
 SOURCE = r"""
 // scores (rows = B*H*T, cols = S) hold q k^T; in place they become P = softmax(scale * scores + causal mask).
@@ -30,19 +31,6 @@ __global__ void attention_softmax_forward(T* scores, int rows, int cols, int que
     for (int c = lane; c <= last; c += 32) s += exp(scores[c] * scale - m);
     s = warp_sum(s);
     for (int c = lane; c < cols; c += 32) scores[c] = c <= last ? exp(scores[c] * scale - m) / s : (T)0;
-}
-
-// P = softmax(z), z = scale * scores  =>  dscores = scale P (dP - sum(dP P)), written over dP.
-// Hidden keys have P = 0, so their dscores is 0 with no test.
-template <typename T>
-__global__ void attention_softmax_backward(const T* probs, T* dprobs, int rows, int cols, T scale) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= rows) return;
-    long long start = (long long)row * cols;
-    T dot = 0;
-    for (int c = lane; c < cols; c += 32) dot += dprobs[start + c] * probs[start + c];
-    dot = warp_sum(dot);
-    for (int c = lane; c < cols; c += 32) dprobs[start + c] = scale * probs[start + c] * (dprobs[start + c] - dot);
 }
 """
 
@@ -78,10 +66,11 @@ class FusedScaledDotProductAttention(ScaledDotProductAttention):
         # first (as long as the product itself), so P^T dout is taken as (dout^T P)^T: only the small one moves.
         dprobs = cupy.ascontiguousarray(grad @ v.swapaxes(-1, -2))  # (B, H, T, S)
         dv = (grad.swapaxes(-1, -2) @ probs).swapaxes(-1, -2)  # (B, H, S, D)
-        # 3.+2. dscores = scale P (dP - sum(dP P)), in dP's buffer
+        # 3.+2. P = softmax(scale scores)  =>  dscores = scale P (dP - sum(dP P)), in dP's buffer.
+        # Hidden keys have P = 0, so their dscores is 0 with no test.
         rows, S = probs.size // probs.shape[-1], probs.shape[-1]
-        kernel = row_kernel(SOURCE, "attention_softmax_backward", probs.dtype)
-        launch_rows(kernel, rows, probs, dprobs, np.int32(rows), np.int32(S), probs.dtype.type(ctx.scale))
+        kernel = row_kernel(SOFTMAX_SOURCE, "softmax_backward", probs.dtype)
+        launch_rows(kernel, rows, probs, dprobs, dprobs, np.int32(rows), np.int32(S), probs.dtype.type(ctx.scale))
         dscores = dprobs
         # 1. scores = q k^T  =>  dq = dscores k, dk = dscores^T q = (q^T dscores)^T (the scale is already in dscores)
         return dscores @ k, (q.swapaxes(-1, -2) @ dscores).swapaxes(-1, -2), dv, None, None, None

@@ -10,7 +10,7 @@ import functools
 import numpy as np
 
 from .. import backend
-from ..functional.softmax import CrossEntropy
+from ..functional.softmax import CrossEntropy, loss_gradient_per_row, reduce_losses
 from ._cuda import fusable, launch_rows, row_kernel
 
 SOURCE = r"""
@@ -51,7 +51,7 @@ class FusedCrossEntropy(CrossEntropy):
 
     @staticmethod
     def forward(ctx, logits, targets, ignore_index=-100, reduction="mean"):
-        ctx.fused = fusable(logits) and reduction in ("mean", "sum", "none") and targets.shape == logits.shape[:-1]
+        ctx.fused = fusable(logits) and targets.shape == logits.shape[:-1]
         if not ctx.fused:  # the reference also raises the errors for bad shapes and reductions
             return CrossEntropy.forward(ctx, logits, targets, ignore_index, reduction)
         cupy = backend.array_module(logits)
@@ -62,26 +62,14 @@ class FusedCrossEntropy(CrossEntropy):
         losses, lse = cupy.empty(rows, dtype=logits.dtype), cupy.empty(rows, dtype=logits.dtype)  # (N,) each
         launch_rows(row_kernel(SOURCE, "cross_entropy_forward", logits.dtype), rows, logits2d, targets1d, losses, lse,
                     np.int32(rows), np.int32(classes), np.int64(ignore_index))
-        keep = targets1d != ignore_index  # (N,)
-        ctx.logits2d, ctx.lse, ctx.targets, ctx.keep = logits2d, lse, targets1d, keep
-        ctx.shape, ctx.reduction = logits.shape, reduction
-        if reduction == "mean":
-            ctx.count = cupy.maximum(keep.sum(), 1).astype(logits.dtype)
-            return losses.sum() / ctx.count
-        if reduction == "sum":
-            return losses.sum()
-        return losses.reshape(targets.shape)
+        ctx.logits2d, ctx.lse, ctx.targets, ctx.shape = logits2d, lse, targets1d, logits.shape
+        return reduce_losses(ctx, losses, targets1d != ignore_index, reduction, targets.shape)
 
     @staticmethod
     def backward(ctx, grad):
         if not ctx.fused:
             return CrossEntropy.backward(ctx, grad)
-        if ctx.reduction == "none":
-            dloss = grad.reshape(-1) * ctx.keep
-        elif ctx.reduction == "mean":
-            dloss = grad * ctx.keep / ctx.count
-        else:
-            dloss = grad * ctx.keep
+        dloss = loss_gradient_per_row(ctx, grad)  # (N,)
         classes = ctx.shape[-1]
         dlogits = _backward_kernel()(
             ctx.logits2d, ctx.lse[:, None], ctx.targets[:, None], dloss.astype(ctx.lse.dtype)[:, None], np.int64(classes))

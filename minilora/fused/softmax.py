@@ -29,16 +29,16 @@ __global__ void softmax_forward(const T* x, T* y, int rows, int cols) {
     for (int c = lane; c < cols; c += 32) y[c] = exp(x[c] - m) / s;
 }
 
-// y = softmax(x)  =>  dx = y (dy - sum(dy y))
+// y = softmax(scale x)  =>  dx = scale y (dy - sum(dy y)); dx may be dy's own buffer (each lane reads before it writes)
 template <typename T>
-__global__ void softmax_backward(const T* y, const T* dy, T* dx, int rows, int cols) {
+__global__ void softmax_backward(const T* y, const T* dy, T* dx, int rows, int cols, T scale) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     long long start = (long long)row * cols;
     T dot = 0;
     for (int c = lane; c < cols; c += 32) dot += dy[start + c] * y[start + c];
     dot = warp_sum(dot);
-    for (int c = lane; c < cols; c += 32) dx[start + c] = y[start + c] * (dy[start + c] - dot);
+    for (int c = lane; c < cols; c += 32) dx[start + c] = scale * y[start + c] * (dy[start + c] - dot);
 }
 """
 
@@ -69,5 +69,6 @@ class FusedSoftmax(Softmax):
         dx = cupy.empty_like(y)
         cols = y.shape[-1]
         rows = y.size // cols if cols else 0
-        launch_rows(row_kernel(SOURCE, "softmax_backward", y.dtype), rows, y, grad, dx, np.int32(rows), np.int32(cols))
+        launch_rows(row_kernel(SOURCE, "softmax_backward", y.dtype), rows, y, grad, dx, np.int32(rows), np.int32(cols),
+                    y.dtype.type(1))
         return dx
