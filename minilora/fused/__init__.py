@@ -40,5 +40,4 @@ FUSED = {
 }
 
 __all__ = ["FUSED", "FusedSoftmax", "FusedScaledDotProductAttention", "FusedLayerNorm", "FusedGeluTanh",
-           "FusedCrossEntropy", "scatter_add_rows",
-           "fused_adamw_update"]
+           "FusedCrossEntropy", "fused_adamw_update", "scatter_add_rows"]
