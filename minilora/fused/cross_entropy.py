@@ -52,7 +52,7 @@ class FusedCrossEntropy(CrossEntropy):
     @staticmethod
     def forward(ctx, logits, targets, ignore_index=-100, reduction="mean"):
         ctx.fused = fusable(logits) and targets.shape == logits.shape[:-1]
-        if not ctx.fused:  # the reference also raises the errors for bad shapes and reductions
+        if not ctx.fused:  # a targets shape that does not fit goes to the reference, which names it
             return CrossEntropy.forward(ctx, logits, targets, ignore_index, reduction)
         cupy = backend.array_module(logits)
         classes = logits.shape[-1]
