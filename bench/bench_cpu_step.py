@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 import numpy as np
+from steps import minilora_training_step
 from timing import median_ms
 
 SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=96)
@@ -31,19 +32,11 @@ LORA = dict(r=8, lora_alpha=16, target_modules=["q", "v"])
 def minilora_step(idx, targets, lora=False):
     from minilora.lora import LoraConfig, get_peft_model
     from minilora.models import GPT, GPTConfig
-    from minilora.optim import AdamW
 
     model = GPT(GPTConfig(**SHAPE, dropout=0.0))
     if lora:
         model = get_peft_model(model, LoraConfig(**LORA))
-    opt = AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-    def step():
-        opt.zero_grad()
-        _, loss = model(idx, targets)
-        loss.backward()
-        opt.step()
-    return step
+    return minilora_training_step(model, idx, targets)[0]
 
 
 def torch_step(idx, targets, lora=False):

@@ -23,6 +23,7 @@ import os
 import sys
 
 import numpy as np
+from steps import minilora_training_step
 from timing import median_ms
 
 LORA_R, LORA_ALPHA = 8, 16
@@ -77,19 +78,10 @@ def minilora_model(lora):
 
 def minilora_train(idx, targets, lora):
     """(peak bytes from build to 3 steps, step ms) for minilora."""
-    from minilora.optim import AdamW
-
     state = {}
 
     def build_and_step():
-        model = minilora_model(lora)
-        opt = AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-        def step():
-            opt.zero_grad()
-            _, loss = model(idx, targets)
-            loss.backward()
-            opt.step()
+        step, _ = minilora_training_step(minilora_model(lora), idx, targets)
         for _ in range(3):
             step()
         state["step"] = step

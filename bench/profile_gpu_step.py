@@ -30,7 +30,7 @@ from minilora import backend  # noqa: E402
 from minilora.autograd import Function  # noqa: E402
 from minilora.lora import LoraConfig, get_peft_model  # noqa: E402
 from minilora.models import GPT, GPTConfig  # noqa: E402
-from minilora.optim import AdamW  # noqa: E402
+from steps import minilora_training_step  # noqa: E402
 
 minilora.set_backend("cupy")
 spans = []  # (label, start event, end event)
@@ -56,17 +56,9 @@ def all_functions(cls):
 model = GPT(GPTConfig(n_layer=args.layers, dropout=0.0))
 if args.mode == "lora":
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q", "v"]))
-opt = AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 rng = np.random.default_rng(0)
 idx, targets = (rng.integers(0, 50257, size=(8, 512)) for _ in range(2))  # (B, T) each
-
-
-def step():
-    opt.zero_grad()
-    _, loss = model(idx, targets)
-    loss.backward()
-    opt.step()
-
+step, opt = minilora_training_step(model, idx, targets)
 
 for _ in range(3):
     step()
