@@ -202,6 +202,32 @@ def attention_inputs(draw):
     return [q, k, v], {"is_causal": draw(st.booleans()), "attn_mask": mask}
 
 
+@st.composite
+def rope_inputs(draw):
+    lead = draw(shapes(min_dims=0, max_dims=2, max_side=2))
+    T, D = draw(st.integers(1, 4)), 2 * draw(st.integers(1, 3))
+    x = draw(maybe_non_contiguous(arrays(lead + (T, D))))
+    return [x], {"theta": draw(st.sampled_from([10000.0, 100000.0, 3.0])), "offset": draw(st.integers(0, 50))}
+
+
+@st.composite
+def repeat_interleave_inputs(draw):
+    shape = draw(shapes(min_dims=1))
+    return [draw(maybe_non_contiguous(arrays(shape)))], {
+        "repeats": draw(st.integers(1, 3)), "axis": draw(st.integers(-len(shape), len(shape) - 1)),
+    }
+
+
+def _torch_rope(torch, x, theta, offset):
+    """transformers' Llama formula (apply_rotary_pos_emb), with the angles in float64."""
+    D = x.shape[-1]
+    inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    angles = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64)[:, None] * inv_freq
+    emb = torch.cat([angles, angles], dim=-1)
+    x1, x2 = x[..., : D // 2], x[..., D // 2:]
+    return x * emb.cos() + torch.cat([-x2, x1], dim=-1) * emb.sin()
+
+
 def _dropout_mask(shape, p, seed):
     return (np.random.default_rng(seed).random(shape) >= p).astype(np.float64)
 
@@ -290,4 +316,7 @@ CATALOGUE = [
            lambda x, p, seed: F.dropout(x, p, training=False) * 1.0,
            lambda torch, x, p, seed: torch.nn.functional.dropout(x, p, training=False) * 1.0),
     OpCase("scaled_dot_product_attention", "attention", attention_inputs(), F.scaled_dot_product_attention, _torch_attention),
+    OpCase("rope", "rope", rope_inputs(), F.rope, _torch_rope),
+    OpCase("repeat_interleave", "repeat_interleave", repeat_interleave_inputs(), F.repeat_interleave,
+           lambda torch, x, repeats, axis: torch.repeat_interleave(x, repeats, dim=axis)),
 ]
