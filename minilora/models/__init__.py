@@ -1,4 +1,5 @@
 """Whole models built from minilora.nn layers, and the loaders that read published checkpoints into them."""
 from .gpt import GPT, GPTConfig
+from .llama import Llama, LlamaConfig
 
-__all__ = ["GPT", "GPTConfig"]
+__all__ = ["GPT", "GPTConfig", "Llama", "LlamaConfig"]
