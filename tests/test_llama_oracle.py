@@ -22,9 +22,9 @@ from test_llama import keep_float64, relative_error
 
 pytestmark = pytest.mark.oracle
 
-# Measured here: float32 2.2e-6, float64 7e-13 (relative to the largest |logit|, about 31).
+# Measured here: float32 2.9e-6, float64 9e-15 (relative to the largest |logit|, about 38).
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
-GRAD_TOLERANCE = 1e-4  # float32, relative to the largest |gradient| of each factor; measured: see below
+GRAD_TOLERANCE = 5e-4  # float32 through 30 layers, relative to the largest |gradient| of each factor; measured up to 1.1e-4
 PROMPT = [{"role": "user", "content": "Explain in three sentences why the sky is blue."}]  # a reply longer than 20 tokens
 
 
@@ -121,7 +121,7 @@ def test_lora_gradients_equal_peft(ours, hf, prompt_ids):
     """LoRA r=8 on q_proj and v_proj, with the same A and B on both sides (B nonzero, so A's gradient is too)."""
     torch, peft = require_oracle("torch"), require_oracle("peft")
     targets = ["q_proj", "v_proj"]
-    mine = get_peft_model(copy.deepcopy(ours), LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+    mine = get_peft_model(copy.deepcopy(ours), LoraConfig(r=8, lora_alpha=16, target_modules=targets), rng=0)
     theirs = peft.get_peft_model(copy.deepcopy(hf), peft.LoraConfig(r=8, lora_alpha=16, target_modules=targets))
     rng = np.random.default_rng(0)
     peft_layers = {n.removeprefix("base_model.model."): m for n, m in theirs.named_modules() if hasattr(m, "lora_A")}
