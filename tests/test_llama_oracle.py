@@ -144,3 +144,40 @@ def test_lora_gradients_equal_peft(ours, hf, prompt_ids):
             got = getattr(layer, factor)["default"].grad
             error = np.abs(got - grad).max() / np.abs(grad).max()  # gradients are small: relative to their own size
             assert error <= GRAD_TOLERANCE, f"{name}.{factor}: relative error {error:.3g}"
+
+
+TEXTS = [
+    "Hello world", "Hello 2024 world: 3.14159, 1e-5 and 12345678901",
+    "naïve café, Straße, 東京タワー, Ünïcödé, emoji 😀👍🏽",
+    "def f(x):\n    return x ** 2  # square\n\tif a != b: pass\n",
+    'for (int i = 0; i < n; ++i) { s += "\\t"; }',
+    "  leading and trailing spaces  \n\n\n", "<|im_start|>user\nHi<|im_end|>\n", "",
+]
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(path):
+    transformers = require_oracle("transformers")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_tokenizer_equals_transformers(tokenizer, hf_tokenizer, text):
+    ids = tokenizer.encode(text)
+    assert ids == hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == hf_tokenizer.decode(ids) == text
+    assert tokenizer.decode(ids, skip_special_tokens=True) == hf_tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("generation_prompt", [True, False])
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=["one_turn", "with_system"])
+def test_chat_template_equals_transformers(tokenizer, hf_tokenizer, messages, generation_prompt):
+    expected = hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    assert tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt) == expected
+    assert tokenizer.eos_token == hf_tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == 2
