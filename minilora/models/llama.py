@@ -152,7 +152,8 @@ class LlamaModel(Module):
 class Llama(Module):
     """A Llama language model, transformers' LlamaForCausalLM. ``Llama(config)(idx, targets)`` -> (logits (B, T, V), loss or None)."""
 
-    def __init__(self, config):
+    def __init__(self, config, init_weights=True):
+        """init_weights=False skips transformers' init (a loader that overwrites every weight saves its time)."""
         super().__init__()
         self.config = config
         rng = backend.default_rng(config.seed)
@@ -160,7 +161,8 @@ class Llama(Module):
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, rng=rng)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight  # one Parameter in two places: gradients from both add up
-        self._init_weights(rng)
+        if init_weights:
+            self._init_weights(rng)
 
     def _init_weights(self, rng):
         """transformers' init: every matrix N(0, 0.02), every RMSNorm weight 1 (as built)."""

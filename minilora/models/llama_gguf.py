@@ -125,7 +125,7 @@ def load_llama_gguf(cls, path, dtype=None):
     reader = open_gguf(path)
     config = llama_config(reader, path)
     with backend.using_default_dtype(dtype or backend.get_default_dtype()):
-        model = cls(config)
+        model = cls(config, init_weights=False)
     state = {}
     for tensor in reader.tensors:
         name = tensor.name
