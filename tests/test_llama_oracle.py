@@ -121,7 +121,7 @@ def test_lora_gradients_equal_peft(ours, hf, prompt_ids):
     """LoRA r=8 on q_proj and v_proj, with the same A and B on both sides (B nonzero, so A's gradient is too)."""
     torch, peft = require_oracle("torch"), require_oracle("peft")
     targets = ["q_proj", "v_proj"]
-    mine = get_peft_model(copy.deepcopy(ours), LoraConfig(r=8, lora_alpha=16, target_modules=targets), rng=0)
+    mine = get_peft_model(copy.deepcopy(ours), LoraConfig(r=8, lora_alpha=16, target_modules=targets), rng=np.random.default_rng(0))
     theirs = peft.get_peft_model(copy.deepcopy(hf), peft.LoraConfig(r=8, lora_alpha=16, target_modules=targets))
     rng = np.random.default_rng(0)
     peft_layers = {n.removeprefix("base_model.model."): m for n, m in theirs.named_modules() if hasattr(m, "lora_A")}
