@@ -15,7 +15,7 @@ from minilora.models import Llama, LlamaConfig
 
 CONFIG = dict(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=100000.0)
-TOLERANCE = {"float64": 1e-10, "float32": 2e-5}
+TOLERANCE = {"float64": 1e-10, "float32": 2e-6}  # measured: 7e-16 and 3.4e-7 (relative to max(1, max |value|))
 
 
 def keep_float64(model, torch):
