@@ -5,6 +5,9 @@ grouped-query attention (4 query heads on 2 key/value heads), so a wrong RoPE
 layout, head grouping or norm shows at once. Its RMSNorm weights are perturbed
 away from 1 so that a norm put in the wrong place would show too.
 """
+import copy
+import json
+
 import numpy as np
 import pytest
 
@@ -129,3 +132,45 @@ def test_names_match_peft_targets():
     for leaf in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
         assert f"model.layers.1.{leaf}" in names
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("saved_as", ["float32", "bfloat16"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_from_pretrained_reads_a_transformers_folder(torch, tmp_path, saved_as, tie):
+    hf = hf_llama(torch, "float32", tie=tie)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.copy_(p.to(getattr(torch, saved_as)).float())  # the values the file can hold
+    copy.deepcopy(hf).to(getattr(torch, saved_as)).save_pretrained(tmp_path)
+    ours = Llama.from_pretrained(tmp_path, dtype="float32")
+    assert not ours.training and (ours.lm_head.weight is ours.model.embed_tokens.weight) == tie
+    for name, p in hf.named_parameters():  # bfloat16 widens to float32 exactly
+        np.testing.assert_array_equal(dict(ours.named_parameters())[name].data, p.detach().numpy(), err_msg=name)
+    idx = np.random.default_rng(0).integers(0, CONFIG["vocab_size"], (2, 9))
+    with torch.no_grad():
+        expected = hf(torch.tensor(idx)).logits.numpy()
+    assert relative_error(ours(idx)[0], expected) <= TOLERANCE["float32"]
+
+
+def test_from_pretrained_names_what_it_cannot_read(tmp_path):
+    from minilora.models.llama_checkpoint import config_from_hf
+    hf = {"model_type": "llama", "hidden_act": "gelu", "attention_bias": True, "rope_scaling": {"rope_type": "llama3"},
+          "hidden_size": 32, "num_attention_heads": 4}
+    with pytest.raises(ValueError, match=r"hidden_act='gelu'.*attention_bias=True.*'llama3'.*Fix"):
+        config_from_hf(hf)
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['vocab_size'"):
+        Llama.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**CONFIG, "model_type": "llama"}))
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        Llama.from_pretrained(tmp_path)
+
+
+@pytest.mark.oracle
+def test_from_pretrained_refuses_a_truncated_file(torch, tmp_path):
+    hf_llama(torch, "float32").save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"model.safetensors: tensor .* the file is truncated. Fix"):
+        Llama.from_pretrained(tmp_path)

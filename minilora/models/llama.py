@@ -14,8 +14,9 @@ What changes from the GPT (models/gpt.py):
 - Grouped-query attention: H query heads share Hkv < H key/value heads, so the KV cache is H / Hkv times smaller.
 
 Module and parameter names are transformers' (``model.layers.0.self_attn.q_proj.weight``),
-so a state dict reads straight from a Hugging Face folder, and LoRA's target_modules
-("q_proj", "v_proj") are PEFT's. ``Llama.from_gguf`` reads a llama.cpp file (llama_gguf.py).
+so a state dict reads straight from a Hugging Face folder (``Llama.from_pretrained``,
+llama_checkpoint.py), and LoRA's target_modules ("q_proj", "v_proj") are PEFT's.
+``Llama.from_gguf`` reads a llama.cpp file (llama_gguf.py).
 """
 import dataclasses
 
@@ -209,6 +210,12 @@ class Llama(Module):
         """Load a llama.cpp GGUF file (any quantization gguf can dequantize), in ``dtype`` (default: minilora's)."""
         from .llama_gguf import load_llama_gguf
         return load_llama_gguf(cls, path, dtype)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None):
+        """Load a Hugging Face Llama folder (config.json + model.safetensors, float32/16 or bfloat16)."""
+        from .llama_checkpoint import load_llama
+        return load_llama(cls, path, dtype)
 
     def num_parameters(self):
         return int(sum(np.prod(p.shape) for p in self.parameters()))
