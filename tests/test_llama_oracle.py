@@ -20,7 +20,7 @@ from smollm2 import gguf_path
 
 from test_llama import keep_float64, relative_error
 
-pytestmark = pytest.mark.oracle
+pytestmark = [pytest.mark.oracle, pytest.mark.slow]
 
 # Measured here: float32 2.9e-6, float64 9e-15 (relative to the largest |logit|, about 38).
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
