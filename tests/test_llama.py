@@ -174,3 +174,11 @@ def test_from_pretrained_refuses_a_truncated_file(torch, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(ValueError, match=r"model.safetensors: tensor .* the file is truncated. Fix"):
         Llama.from_pretrained(tmp_path)
+
+
+def test_lora_all_linear_adapts_every_projection_but_not_the_head():
+    from minilora.lora import LoraConfig, get_peft_model, lora_layers
+    model = get_peft_model(Llama(LlamaConfig(**CONFIG)), LoraConfig(r=2, target_modules="all-linear"))
+    adapted = {name.split(".")[-1] for name, _ in lora_layers(model)}
+    assert len(lora_layers(model)) == 7 * CONFIG["num_hidden_layers"]
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
