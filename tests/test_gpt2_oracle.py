@@ -149,6 +149,32 @@ def test_minilora_checkpoint_loads_in_transformers(torch, tmp_path, tie):
     assert_close(ours(idx)[0].data, expected, 1e-5, "logits")
 
 
+@pytest.mark.oracle
+def test_bfloat16_checkpoint_loads_as_its_float32_rounding(torch, tmp_path):
+    """A bf16 model.safetensors gives the model of the float32 checkpoint whose weights are those bf16 values."""
+    hf = hf_gpt2(torch, "float32", tie=False)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.copy_(p.bfloat16().float())  # exactly representable in bf16 from now on
+    hf.save_pretrained(tmp_path / "float32")
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "bfloat16")
+    hf.float()  # back without loss: every weight is a bf16 value
+    header_size = int.from_bytes((tmp_path / "bfloat16" / "model.safetensors").read_bytes()[:8], "little")
+    header = json.loads((tmp_path / "bfloat16" / "model.safetensors").read_bytes()[8:8 + header_size])
+    assert {entry["dtype"] for name, entry in header.items() if name != "__metadata__"} == {"BF16"}
+
+    ours = GPT.from_pretrained(tmp_path / "bfloat16")
+    reference = GPT.from_pretrained(tmp_path / "float32")
+    for (name, p), q in zip(ours.named_parameters(), reference.parameters()):
+        assert p.dtype == np.float32, name
+        np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
+    idx = np.random.default_rng(3).integers(0, VOCAB, (2, 7))
+    logits = ours(idx)[0].numpy()
+    np.testing.assert_array_equal(logits, reference(idx)[0].numpy())
+    with torch.no_grad():
+        assert_close(logits, hf(torch.tensor(idx)).logits.numpy(), 1e-5, "logits")
+
+
 # ---- bad checkpoints give clear errors (no oracle needed: we write them ourselves) ----
 
 def saved_tiny(path, **changes):
