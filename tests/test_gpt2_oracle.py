@@ -265,3 +265,18 @@ def test_loaded_model_computes_from_tensors_of_the_requested_dtype(tmp_path):
     model = GPT.from_pretrained(saved_tiny(tmp_path), dtype="float64")
     assert {p.dtype for p in model.parameters()} == {np.dtype("float64")}
     assert model(Tensor(np.arange(4)[None]))[0].dtype == np.float64
+
+
+def test_saving_a_model_with_lora_layers_says_merge_or_save_the_adapter(tmp_path):
+    from minilora.lora import LoraConfig, get_peft_model
+
+    lora_model = get_peft_model(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=8, block_size=16, vocab_size=20)), LoraConfig(r=2))
+    with pytest.raises(ValueError) as info:
+        lora_model.model.save_pretrained(tmp_path)
+    message = str(info.value)
+    for part in ("unexpected blocks.0.attn.q.base_layer.bias", "lora_A.default", "missing blocks.0.attn.q.bias",
+                 "merge_and_unload()", "save the adapter alone with save_pretrained on the LoraModel"):
+        assert part in message
+    assert os.listdir(tmp_path) == []
+    lora_model.merge_and_unload().save_pretrained(tmp_path)  # the fix it names works
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]

@@ -93,6 +93,20 @@ def hf_shapes(c):
     return shapes
 
 
+def state_names(c):
+    """Every name in the state dict of a GPT of config ``c`` (with biases): the keys hf_to_minilora makes."""
+    names = ["wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"] + ([] if c.tie_weights else ["lm_head.weight"])
+    for i in range(c.n_layer):
+        for layer in ("ln_1", "ln_2", "attn.q", "attn.k", "attn.v", "attn.o", "mlp.c_fc", "mlp.c_proj"):
+            names += [f"blocks.{i}.{layer}.weight", f"blocks.{i}.{layer}.bias"]
+    return names
+
+
+def _first(names, n=4):
+    """At most n names, then how many more: an error message stays readable for a 12-layer model."""
+    return (", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")) if names else "none"
+
+
 def check_hf_tensors(tensors, c, path):
     """Strip the ``transformer.`` prefix and check names and shapes; raise one ValueError listing every problem."""
     hf = {name.removeprefix("transformer."): a for name, a in tensors.items() if not name.endswith(BUFFER_SUFFIXES)}
@@ -186,6 +200,16 @@ def save_gpt2(model, path):
     c = model.config
     if not c.bias:
         raise ValueError("save_pretrained: GPT-2 checkpoints always have biases, this model has bias=False. Fix: build it with bias=True.")
+    names, expected = set(model.state_dict()), set(state_names(c))
+    unexpected, missing = sorted(names - expected), sorted(expected - names)
+    if unexpected or missing:
+        if any(".lora_" in name for name in unexpected):  # LoRALinear's factors (models/ does not import minilora.lora)
+            fix = ("It holds LoRA layers. Fix: call merge_and_unload() on the LoraModel and save the GPT it returns, "
+                   "or save the adapter alone with save_pretrained on the LoraModel.")
+        else:
+            fix = "Fix: save a GPT built by GPT(config), whose weights are GPT-2's."
+        raise ValueError(f"save_pretrained: this model's weights are not plain GPT-2's: unexpected {_first(unexpected)}; "
+                         f"missing {_first(missing)}. {fix}")
     state = {name: backend.to_numpy(a) for name, a in model.state_dict().items()}
     dtypes = {a.dtype for a in state.values()}
     if len(dtypes) != 1:
