@@ -231,8 +231,8 @@ def test_missing_and_misshapen_keys_are_all_listed(tmp_path):
     with pytest.raises(ValueError) as info:
         GPT.from_pretrained(tmp_path)
     message = str(info.value)
-    for part in ("missing keys: ln_f.weight, h.1.mlp.c_fc.bias", "unexpected keys: h.0.attn.rotary",
-                 "h.0.attn.c_attn.weight (8, 16) (expected (8, 24))"):
+    for part in (str(tmp_path / "model.safetensors"), "missing keys: ln_f.weight, h.1.mlp.c_fc.bias",
+                 "unexpected keys: h.0.attn.rotary", "h.0.attn.c_attn.weight (8, 16) (expected (8, 24))", "Fix: "):
         assert part in message
 
 
@@ -245,6 +245,23 @@ def test_unsupported_config_lists_every_problem(tmp_path):
         GPT.from_pretrained(tmp_path)
     for part in ("activation_function='relu'", "scale_attn_by_inverse_layer_idx=True", "reorder_and_upcast_attn=True"):
         assert part in str(info.value)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda text: text[:len(text) // 2], "is not valid JSON"),
+    (lambda text: "[2, 2, 8]", "is damaged: it holds a JSON list, not an object"),
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k not in ("n_embd", "vocab_size")}),
+     "is damaged: missing field n_embd; missing field vocab_size"),
+    (lambda text: json.dumps(json.loads(text) | {"n_head": "2", "n_layer": 0}),
+     "is damaged: n_layer=0 (must be a positive integer); n_head='2' (must be a positive integer)"),
+], ids=["truncated", "not-an-object", "missing-fields", "bad-sizes"])
+def test_damaged_config_json_is_named_with_the_fix(tmp_path, edit, expected):
+    config_path = saved_tiny(tmp_path) / "config.json"
+    config_path.write_text(edit(config_path.read_text()))
+    with pytest.raises(ValueError) as info:
+        GPT.from_pretrained(tmp_path)
+    message = str(info.value)
+    assert message.startswith(str(config_path)) and expected in message and "point to an intact copy" in message
 
 
 def test_missing_files_are_named(tmp_path):

@@ -38,8 +38,16 @@ BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 def config_from_hf(hf, path="config.json"):
     """A GPTConfig from a GPT-2 config.json dict; every setting our GPT cannot compute is listed in one error."""
-    missing = [k for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size") if k not in hf]
-    problems = [f"missing field(s) {missing}"] if missing else []
+    fix = "Fix: restore it from the model's source (or save the model again with save_pretrained), or point to an intact copy."
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path} is damaged: it holds a JSON {type(hf).__name__}, not an object. {fix}")
+    sizes = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+    damage = [f"missing field {k}" for k in sizes if k not in hf]
+    damage += [f"{k}={hf[k]!r} (must be a positive integer)" for k in sizes
+               if k in hf and (type(hf[k]) is not int or hf[k] <= 0)]  # type(): True is an int too
+    if damage:
+        raise ValueError(f"{path} is damaged: {'; '.join(damage)}. {fix}")
+    problems = []
     if hf.get("model_type", "gpt2") != "gpt2":
         problems.append(f"model_type={hf['model_type']!r} (only 'gpt2')")
     if hf.get("activation_function", "gelu_new") not in TANH_GELUS:
@@ -48,7 +56,7 @@ def config_from_hf(hf, path="config.json"):
                             ("reorder_and_upcast_attn", False), ("add_cross_attention", False)]:
         if hf.get(flag, supported) != supported:
             problems.append(f"{flag}={hf[flag]!r} (only {supported})")
-    if not missing and hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
         problems.append(f"n_inner={hf['n_inner']} (only 4 * n_embd = {4 * hf['n_embd']})")
     if problems:
         raise ValueError(
@@ -126,7 +134,8 @@ def check_hf_tensors(tensors, c, path):
     if problems:
         raise ValueError(
             f"{path} does not match its config.json (n_layer={c.n_layer}, n_embd={c.n_embd}, vocab_size={c.vocab_size}, "
-            f"n_positions={c.block_size}): " + " | ".join(problems) + ". Fix: keep config.json and the weights from the same model."
+            f"n_positions={c.block_size}): " + " | ".join(problems)
+            + ". Fix: keep config.json and the weights from the same model, or point to an intact copy."
         )
     return hf
 
