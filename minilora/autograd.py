@@ -111,11 +111,10 @@ class Tensor:
     Python floats become the default dtype (float32); arrays keep their dtype.
 
     An array of the right dtype and backend is shared, not copied (as
-    ``torch.as_tensor``). A Tensor is unwrapped to its array, so ``Tensor(t)``
-    is ``Tensor(t.data)``: a new leaf that shares t's array and stays on t's
-    backend (as ``torch.nn.Parameter(t)`` shares t's storage), cut from t's
-    graph. ``requires_grad`` is the argument's, not t's; a ``dtype`` other than
-    t's makes a converted copy.
+    ``torch.as_tensor``). A Tensor is unwrapped: ``Tensor(t)`` is a new leaf
+    that shares t's array, on t's backend (as ``torch.nn.Parameter(t)`` shares
+    t's storage), cut from t's graph. ``requires_grad`` is the argument's, not
+    t's; a ``dtype`` other than t's makes a converted copy.
     """
 
     __array_priority__ = 1000  # so that ndarray + Tensor calls Tensor.__radd__

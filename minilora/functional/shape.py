@@ -37,9 +37,6 @@ class Reshape(Function):
 class Permute(Function):
     @staticmethod
     def forward(ctx, x, axes):
-        if len(axes) != x.ndim:
-            raise ValueError(f"permute: axes {tuple(axes)} are not a permutation of the {x.ndim} axes of {tuple(x.shape)}. "
-                             f"Fix: name each axis once, e.g. {tuple(reversed(range(x.ndim)))}.")
         axes = tuple(_check_axis("permute", a, x.shape) for a in axes)
         if sorted(axes) != list(range(x.ndim)):
             raise ValueError(f"permute: axes {axes} are not a permutation of the {x.ndim} axes of {tuple(x.shape)}. "
