@@ -26,8 +26,8 @@ class OpCase:
     gradcheck: dict = field(default_factory=dict)  # extra gradcheck tolerances
 
 
-def unary(low=-2.0, high=2.0, avoid=()):
-    return shapes().flatmap(lambda s: maybe_non_contiguous(arrays(s, low, high, avoid=avoid))).map(lambda x: ([x], {}))
+def unary(low=-2.0, high=2.0, avoid=(), min_dims=1):
+    return shapes(min_dims=min_dims).flatmap(lambda s: maybe_non_contiguous(arrays(s, low, high, avoid=avoid))).map(lambda x: ([x], {}))
 
 
 def binary(low_b=-2.0, high_b=2.0, away_from_zero=False):
@@ -262,8 +262,7 @@ CATALOGUE = [
     OpCase("transpose", "transpose", transpose_inputs(), F.transpose, lambda torch, x, axis0, axis1: x.transpose(axis0, axis1)),
     # Tensor.T (every axis reversed, as NumPy) and Tensor.mT (the last two swapped) are permute and transpose.
     OpCase("permute", "tensor_T", unary(), lambda x: x.T, lambda torch, x: x.permute(*reversed(range(x.ndim)))),
-    OpCase("transpose", "tensor_mT", shapes(min_dims=2).flatmap(lambda s: maybe_non_contiguous(arrays(s))).map(lambda x: ([x], {})),
-           lambda x: x.mT, lambda torch, x: x.mT),
+    OpCase("transpose", "tensor_mT", unary(min_dims=2), lambda x: x.mT, lambda torch, x: x.mT),
     OpCase("getitem", "getitem_slices", slice_inputs(), F.getitem, lambda torch, x, index: x[index]),
     OpCase("getitem", "getitem_repeated_indices", fancy_index_inputs(), F.getitem, lambda torch, x, index: x[torch.from_numpy(index)]),
     OpCase("concatenate", "concatenate", concatenate_inputs(), lambda *xs, axis: F.concatenate(xs, axis=axis),

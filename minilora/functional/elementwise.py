@@ -284,7 +284,8 @@ def erf(x):
     erfc_middle = xp.exp(-middle * middle) * _polynomial(_ERFC_P2, middle) / _polynomial(_ERFC_Q2, middle)
     large = xp.clip(y, _ERF_MIDDLE, 27.0)  # erfc(27) < 1e-318: past it erf is 1 to the last bit (and y^2 cannot overflow)
     z = 1 / (large * large)
-    erfc_large = xp.exp(-large * large) / large * (1 / math.sqrt(math.pi) - z * _polynomial(_ERFC_P3, z) / _polynomial(_ERFC_Q3, z))
+    asymptotic = 1 / math.sqrt(math.pi) - z * _polynomial(_ERFC_P3, z) / _polynomial(_ERFC_Q3, z)
+    erfc_large = xp.exp(-large * large) / large * asymptotic
     erfc = xp.where(y <= _ERF_MIDDLE, erfc_middle, erfc_large)
     return xp.sign(x) * xp.where(y <= _ERF_SMALL, erf_small, 1 - erfc)
 
