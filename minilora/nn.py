@@ -15,7 +15,11 @@ from .autograd import Tensor
 
 
 class Parameter(Tensor):
-    """A Tensor that is a learnable weight of a Module (requires_grad=True by default)."""
+    """A Tensor that is a learnable weight of a Module (requires_grad=True by default).
+
+    ``Parameter(t)`` of a Tensor shares t's array, as ``torch.nn.Parameter(t)``
+    shares t's storage: the Parameter is a new leaf, cut from t's graph (see Tensor).
+    """
 
     def __init__(self, data, requires_grad=True, dtype=None):
         super().__init__(data, requires_grad=requires_grad, dtype=dtype)

@@ -92,6 +92,9 @@ class GPT(Module):
         if idx.ndim != 2:
             raise ValueError(f"GPT: idx must be (B, T) token ids, got shape {tuple(idx.shape)}. Fix: idx[None] for one sequence.")
         B, T = idx.shape
+        if T == 0:
+            raise ValueError(f"GPT: idx has shape {(B, T)}: a sequence needs at least one token. "
+                             "Fix: start each sequence with a token, e.g. the tokenizer's first or end-of-text id.")
         past = 0 if kv_cache is None else len(kv_cache[0])
         if past + T > self.config.block_size:
             raise ValueError(
