@@ -1,0 +1,174 @@
+"""The docs run as written, render as meant, and state what the code and the arithmetic say.
+
+1. Code. Every ```python block of README.md and docs/*.md runs. The blocks of one file run in
+   order in one namespace, as a reader would type them into one Python session, in a fresh
+   temporary working directory. That directory holds ``runs/pretrain/``, the folder that
+   ``minilora pretrain`` writes by default (here a tiny model, a few steps: made once per test
+   session). A block that cannot run here is marked on the line just before its fence, with the
+   reason, which becomes the skip's message:
+
+       <!-- skip: needs a GPU -->
+       ```python
+
+   Nothing else is skipped.
+2. Rendering (markdown-it-py, CommonMark as GitHub reads it). An ordered list shows the numbers
+   its source writes (``4. 3. 2. 1.`` would render as 4, 5, 6, 7); no bullet starts with a
+   number or a math symbol (a formula's continuation line that begins with ``- 2 Σ`` becomes a
+   nested bullet and loses its minus sign); bullets use ``-`` only, so a line that starts with
+   ``+`` or ``*`` is never a bullet by accident.
+3. Notation. Where dz means dL/dz, a partial derivative is written ∂y/∂x, never dy/dx.
+4. References. Every repository path a doc names (``minilora/nn.py``, ``tests/test_x.py``, a
+   relative link) exists.
+5. Numbers. The FLOP count of docs/lora.md is recomputed here, and the amplification factor's
+   formula as docs/lora.md writes it is compared with ``minilora.analysis``.
+"""
+import re
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SKIP = re.compile(r"<!--\s*skip:\s*(.+?)\s*-->")
+FENCE = re.compile(r"^```(\S*)\s*$")
+
+
+def python_blocks(path):
+    """[(line number of the fence, code, skip reason or None)] for every ```python block of ``path``."""
+    blocks, lines = [], path.read_text(encoding="utf-8").splitlines()
+    i = 0
+    while i < len(lines):
+        opening = FENCE.match(lines[i])
+        if not opening:
+            i += 1
+            continue
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].rstrip() == "```")
+        if opening.group(1) == "python":
+            before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+            skip = SKIP.fullmatch(before.strip())
+            blocks.append((i + 1, "\n".join(lines[i + 1:end]) + "\n", skip.group(1) if skip else None))
+        i = end + 1
+    return blocks
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory):
+    """runs/pretrain/ as ``minilora pretrain`` writes it: a tiny model, three steps."""
+    out = tmp_path_factory.mktemp("pretrain") / "runs" / "pretrain"
+    command = [sys.executable, "-m", "minilora.cli", "pretrain", "--out", str(out), "--steps", "3",
+               "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--sentences", "200",
+               "--eval-every", "3", "--checkpoint-every", "3", "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.parametrize("path", [p for p in DOCS if python_blocks(p)], ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_python_blocks_run(path, pretrained, tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "pretrain").symlink_to(pretrained, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    namespace, skipped = {"__name__": "__docs__"}, []
+    for line, code, skip in python_blocks(path):
+        if skip:
+            skipped.append(f"line {line}: {skip}")
+            continue
+        try:
+            exec(compile("\n" * line + code, str(path.relative_to(ROOT)), "exec"), namespace)  # tracebacks give the doc's lines
+        except Exception:
+            pytest.fail(f"{path.relative_to(ROOT)}: the block at line {line} fails:\n{traceback.format_exc()}")
+    if skipped:
+        pytest.skip("; ".join(skipped))
+
+
+def test_block_extraction_and_skip_marks(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("text\n\n```python\na = 1\n```\n\n<!-- skip: needs a GPU -->\n\n```python\nb = 2\n```\n"
+                   "```bash\nls\n```\n```\nplain\n```\n", encoding="utf-8")
+    assert python_blocks(doc) == [(3, "a = 1\n", None), (9, "b = 2\n", "needs a GPU")]
+
+
+# ---- 2. rendering -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def markdown():
+    try:
+        from markdown_it import MarkdownIt
+    except ImportError as error:
+        pytest.fail(f"test_docs needs markdown-it-py ({error}). Fix: pip install markdown-it-py (part of the test extra)")
+    return MarkdownIt("commonmark").enable("table")
+
+
+def list_items(tokens):
+    """[(kind, marker as written, the number it renders as or None, text of its first line, source line)]."""
+    items, lists = [], []
+    for i, token in enumerate(tokens):
+        if token.type in ("ordered_list_open", "bullet_list_open"):
+            lists.append([token, int(token.attrGet("start") or 1) if token.type == "ordered_list_open" else None])
+        elif token.type in ("ordered_list_close", "bullet_list_close"):
+            lists.pop()
+        elif token.type == "list_item_open":
+            opened, number = lists[-1]
+            text = next((t.content for t in tokens[i + 1:] if t.type == "inline"), "")
+            kind = "ordered" if number is not None else "bullet"
+            marker = token.info if kind == "ordered" else token.markup
+            items.append((kind, marker, number, text, token.map[0] + 1))
+            if number is not None:
+                lists[-1][1] += 1
+    return items
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_lists_render_as_written(path, markdown):
+    problems = []
+    for kind, marker, number, text, line in list_items(markdown.parse(path.read_text(encoding="utf-8"))):
+        if kind == "ordered" and int(marker) != number:
+            problems.append(f"line {line}: the item written '{marker}.' renders as {number}")
+        elif kind == "bullet" and marker != "-":
+            problems.append(f"line {line}: a bullet made with {marker!r}")
+        elif kind == "bullet" and re.match(r"[0-9Σ∂√±×·/=+−(<>]", text):
+            problems.append(f"line {line}: a bullet that starts like a formula: {text[:40]!r}")
+    assert not problems, (
+        f"{path.relative_to(ROOT)} does not render as written: {problems}. CommonMark numbers a list from its first "
+        "item, so write the numbers it renders (or steps as paragraphs, '**Step 4.**'); a continuation line that "
+        "begins with '- ' becomes a bullet and loses its minus sign, so break the line elsewhere; bullets use '-'.")
+
+
+def test_list_checks_catch_the_known_mistakes(markdown):
+    steps = list_items(markdown.parse("Backward:\n\n4. four\n3. three\n"))
+    assert [(marker, number) for _, marker, number, _, _ in steps] == [("4", 4), ("3", 5)]
+    nested = list_items(markdown.parse("- **var** y = a\n  - 2 Σ_j b\n"))
+    assert nested[1][0] == "bullet" and nested[1][3].startswith("2 Σ")
+
+
+# ---- 3. notation ------------------------------------------------------------------------------
+DZ_MEANS_DL_DZ = ["docs/derivations.md", "docs/lora.md"]  # the docs that write dz for dL/dz
+OVERLOADED_D = re.compile(r"(?<![\w∂])d(?!L/)[\w⁻¹()ᵀμσ̂]+/d[\w(]")
+
+
+@pytest.mark.parametrize("name", DZ_MEANS_DL_DZ)
+def test_no_overloaded_d(name):
+    text = (ROOT / name).read_text(encoding="utf-8")
+    assert "dz means dL/dz" in text, f"{name} no longer states the convention this test relies on"
+    bad = [(text.count("\n", 0, m.start()) + 1, m.group()) for m in OVERLOADED_D.finditer(text)]
+    assert not bad, f"{name}: d is dL/d..., so write a partial derivative as ∂y/∂x: {bad}"
+    assert OVERLOADED_D.search("dx_i = Σ_j dy_j · dy_j/dx_i") and not OVERLOADED_D.search("dL/dH, ∂y_j/∂x_i")
+
+
+# ---- 4. references ----------------------------------------------------------------------------
+TRACKED = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+PATH_IN_BACKTICKS = re.compile(r"`([\w.-]+(?:/[\w.-]+)+\.(?:py|md|toml|json|yml|yaml|txt))`")
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_cited_files_exist(path):
+    text = path.read_text(encoding="utf-8")
+    missing = [name for name in PATH_IN_BACKTICKS.findall(text)
+               if not any(tracked == name or tracked.endswith("/" + name) for tracked in TRACKED)]
+    missing += [link for link in LINK.findall(text)
+                if "://" not in link and not (path.parent / link).exists()]
+    assert TRACKED and not missing, f"{path.relative_to(ROOT)} cites files that are not in the repository: {missing}"
