@@ -5,7 +5,8 @@
    temporary working directory. That directory holds ``runs/pretrain/``, the folder that
    ``minilora pretrain`` writes by default (here a tiny model, a few steps: made once per test
    session). A block that cannot run here is marked on the line just before its fence, with the
-   reason, which becomes the skip's message:
+   reason, which becomes the skip's message (a block marked "needs a GPU" does run where the cupy
+   backend can):
 
        <!-- skip: needs a GPU -->
        ```python
@@ -31,10 +32,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minilora import backend
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP = re.compile(r"<!--\s*skip:\s*(.+?)\s*-->")
 FENCE = re.compile(r"^```(\S*)\s*$")
+GPU = "needs a GPU"  # a block so marked runs where the cupy backend can (MINILORA_BACKEND=cupy, docs/gpu.md)
 
 
 def python_blocks(path):
@@ -67,14 +71,23 @@ def pretrained(tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def restore_backend():
+    """A block may switch the backend or the default dtype (gpu.md does): put both back afterwards."""
+    name, dtype = backend.get_backend(), backend.get_default_dtype()
+    yield
+    backend.set_backend(name)
+    backend.set_default_dtype(dtype)
+
+
 @pytest.mark.parametrize("path", [p for p in DOCS if python_blocks(p)], ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_python_blocks_run(path, pretrained, tmp_path, monkeypatch):
+def test_python_blocks_run(path, pretrained, tmp_path, monkeypatch, restore_backend):
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "pretrain").symlink_to(pretrained, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     namespace, skipped = {"__name__": "__docs__"}, []
     for line, code, skip in python_blocks(path):
-        if skip:
+        if skip and not (skip.startswith(GPU) and backend.cupy_unavailable_reason() is None):
             skipped.append(f"line {line}: {skip}")
             continue
         try:
