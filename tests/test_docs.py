@@ -165,6 +165,7 @@ OVERLOADED_D = re.compile(r"(?<![\w∂])d(?!L/)[\w⁻¹()ᵀμσ̂]+/d[\w(]")
 @pytest.mark.parametrize("name", DZ_MEANS_DL_DZ)
 def test_no_overloaded_d(name):
     text = (ROOT / name).read_text(encoding="utf-8")
+    text = re.sub(r"`[^`\n]*`|\]\([^)]*\)", " ", text)  # code spans and link targets are not math
     assert "dz means dL/dz" in text, f"{name} no longer states the convention this test relies on"
     bad = [(text.count("\n", 0, m.start()) + 1, m.group()) for m in OVERLOADED_D.finditer(text)]
     assert not bad, f"{name}: d is dL/d..., so write a partial derivative as ∂y/∂x: {bad}"
@@ -185,3 +186,41 @@ def test_cited_files_exist(path):
     missing += [link for link in LINK.findall(text)
                 if "://" not in link and not (path.parent / link).exists()]
     assert TRACKED and not missing, f"{path.relative_to(ROOT)} cites files that are not in the repository: {missing}"
+
+
+# ---- 5. numbers -------------------------------------------------------------------------------
+def test_lora_md_flop_count_is_the_arithmetic():
+    """docs/lora.md, section 3: one layer's saving, and the FLOPs of a GPT-3 training step per token and layer."""
+    from minilora.analysis import linear_layer_costs
+
+    text = (ROOT / "docs" / "lora.md").read_text(encoding="utf-8")
+    layer = linear_layer_costs(768, 768, 8, tokens=1)
+    assert f"{layer['flops_saved']:,} FLOPs per token" in text
+    assert f"{round(100 * layer['flops_saved'] / layer['full_flops'])} % of the layer's training FLOPs" in text
+
+    d, T, r = 12288, 2048, 4                   # GPT-3 175B, its context, the paper's rank on Wq and Wv
+    weights = 2 * (4 * d * d + 2 * 4 * d * d)  # q, k, v, o and the MLP's two d x 4d products, forward
+    attention = 2 * 2 * T * d                  # q k^T and P v over T keys, forward
+    low_rank = 2 * 6 * r * (d + d)             # forward, dX, dA, dB of the two adapters
+    full = 3 * weights + 3 * attention         # forward, dX, dW; each attention product's backward is two
+    lora = 2 * weights + 3 * attention + low_rank
+    only_q_v = full - 2 * 2 * d * d + low_rank
+    for value in (weights, attention, low_rank, full, lora, only_q_v):
+        assert f"{value:,}" in text, value
+    assert f"{100 * (1 - lora / full):.1f} % fewer" in text and f"{100 * (1 - only_q_v / full):.1f} % fewer" in text
+    assert f"{100 * (1 - 32.5 / 43.1):.1f} % less" in text  # the paper's tokens/s, full against LoRA
+
+
+def test_lora_md_amplification_formula_is_the_code():
+    """‖Uᵀ W Vᵀ‖_F with U (d, r) as columns and V (r, k) as rows, on a ΔW whose SVD is built by hand."""
+    from minilora.analysis import amplification
+
+    rng = np.random.default_rng(0)
+    d, k, r = 7, 5, 2
+    U = np.linalg.qr(rng.standard_normal((d, r)))[0]     # (d, r) orthonormal columns
+    V = np.linalg.qr(rng.standard_normal((k, r)))[0].T   # (r, k) orthonormal rows
+    delta_w = U @ np.diag([3.0, 0.5]) @ V                # ΔW = U Σ V, rank r
+    W = rng.standard_normal((d, k))
+    result = amplification(delta_w, W, r)
+    assert result["projection_norm"] == pytest.approx(np.linalg.norm(U.T @ W @ V.T), rel=1e-12)
+    assert result["factor"] == pytest.approx(np.linalg.norm(delta_w) / np.linalg.norm(U.T @ W @ V.T), rel=1e-12)
