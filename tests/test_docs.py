@@ -3,8 +3,8 @@
 1. Code. Every ```python block of README.md and docs/*.md runs. The blocks of one file run in
    order in one namespace, as a reader would type them into one Python session, in a fresh
    temporary working directory. That directory holds ``runs/pretrain/``, the folder that
-   ``minilora pretrain`` writes by default (here a tiny model, a few steps: made once per test
-   session). A block that cannot run here is marked on the line just before its fence, with the
+   ``minilora pretrain`` writes by default (here a tiny model, three steps: trained once per test
+   session, copied for each file). A block that cannot run here is marked on the line just before its fence, with the
    reason, which becomes the skip's message (a block marked "needs a GPU" does run where the cupy
    backend can):
 
@@ -24,6 +24,7 @@
    formula as docs/lora.md writes it is compared with ``minilora.analysis``.
 """
 import re
+import shutil
 import subprocess
 import sys
 import traceback
@@ -50,7 +51,7 @@ def python_blocks(path):
         if not opening:
             i += 1
             continue
-        end = next(j for j in range(i + 1, len(lines)) if lines[j].rstrip() == "```")
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].rstrip() == "```"), len(lines))
         if opening.group(1) == "python":
             before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
             skip = SKIP.fullmatch(before.strip())
@@ -82,8 +83,7 @@ def restore_backend():
 
 @pytest.mark.parametrize("path", [p for p in DOCS if python_blocks(p)], ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_python_blocks_run(path, pretrained, tmp_path, monkeypatch, restore_backend):
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "pretrain").symlink_to(pretrained, target_is_directory=True)
+    shutil.copytree(pretrained, tmp_path / "runs" / "pretrain")  # a copy: no block can change another file's
     monkeypatch.chdir(tmp_path)
     namespace, skipped = {"__name__": "__docs__"}, []
     for line, code, skip in python_blocks(path):
