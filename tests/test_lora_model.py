@@ -41,16 +41,32 @@ def train(model, steps=3, lr=0.05):
 
 
 # ---- initialisation ---------------------------------------------------------
-def test_at_init_the_output_is_the_base_models_and_A_gets_no_gradient():
-    gpt = tiny_gpt()
-    before = logits(gpt)
-    model = get_peft_model(gpt, LoraConfig(r=4))
-    np.testing.assert_array_equal(logits(model), before)  # B = 0, so B A x = 0 exactly
-    _, loss = model(IDX, TARGETS)
-    loss.backward()
-    for name, layer in lora_layers(model.model):
-        assert not np.any(to_numpy(layer.lora_A["default"].grad)), name  # dA = s (dY B)^T X = 0 while B = 0
-        assert np.any(to_numpy(layer.lora_B["default"].grad)), name  # dB = s dY^T (X A^T) is not
+def test_at_init_the_output_is_the_base_models_and_only_B_gets_a_gradient(float64):
+    """docs/lora.md: B = 0 at init, so dA = 0 and the first step's gradient moves only B; but A's
+    gradient is zeros, not None, so AdamW's decoupled decay still shrinks A by (1 - lr wd)."""
+    lr = 0.05
+    for weight_decay, factor in ((0.0, 1.0), (None, 1 - lr * 0.01)):  # None: AdamW's default, 0.01
+        gpt = tiny_gpt()
+        before = logits(gpt)
+        model = get_peft_model(gpt, LoraConfig(r=4))
+        np.testing.assert_array_equal(logits(model), before)  # B = 0, so B A x = 0 exactly
+        layers = lora_layers(model.model)
+        A0 = [layer.lora_A["default"].numpy().copy() for _, layer in layers]
+        _, loss = model(IDX, TARGETS)
+        loss.backward()
+        for name, layer in layers:
+            assert not np.any(to_numpy(layer.lora_A["default"].grad)), name  # dA = s (dY B)^T X = 0 while B = 0
+            assert np.any(to_numpy(layer.lora_B["default"].grad)), name  # dB = s dY^T (X A^T) is not
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        (AdamW(trainable, lr=lr) if weight_decay is None else AdamW(trainable, lr=lr, weight_decay=weight_decay)).step()
+        for (name, layer), a0 in zip(layers, A0):
+            assert np.any(layer.lora_B["default"].numpy()), name  # B moved off zero
+            A = layer.lora_A["default"].numpy()
+            if factor == 1.0:
+                np.testing.assert_array_equal(A, a0, err_msg=name)  # no decay: A stays exactly
+            else:
+                assert not np.array_equal(A, a0), name
+                np.testing.assert_allclose(A, a0 * factor, rtol=1e-12, atol=0, err_msg=name)  # only the decay
 
 
 def test_kaiming_and_gaussian_inits():
