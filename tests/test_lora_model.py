@@ -133,8 +133,8 @@ def test_rank_and_alpha_patterns():
 @pytest.mark.parametrize("kwargs, message", [
     ({"r": 0}, r"r=0 must be a positive integer"),
     ({"r": 2.5}, r"r=2.5 must be a positive integer"),
-    ({"lora_alpha": 0}, r"lora_alpha=0 must be a positive number"),
-    ({"lora_alpha": -1.0}, r"lora_alpha=-1.0 must be a positive number"),
+    ({"lora_alpha": 0}, r"lora_alpha=0 must be a finite positive number"),
+    ({"lora_alpha": -1.0}, r"lora_alpha=-1.0 must be a finite positive number"),
     ({"bias": "some"}, r"bias='some' is not one of \('none', 'all', 'lora_only'\)"),
     ({"lora_dropout": 1.0}, r"lora_dropout=1.0 must be in \[0, 1\)"),
     ({"init_lora_weights": "olora"}, r"init_lora_weights='olora' is not one of"),
