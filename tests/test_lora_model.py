@@ -372,7 +372,7 @@ def test_add_adapter_inside_disable_adapter(two_adapters):
         with model.disable_adapter():  # nested: the inner end leaves the outer block disabled
             pass
         np.testing.assert_array_equal(logits(model), base)
-        model.add_adapter("c", LoraConfig(r=2, target_modules=["attn.o"]))
+        model.add_adapter("c", LoraConfig(r=2, target_modules=["v", "attn.o"]))  # v holds a, o is new
         random_B(model, "c", seed=3)
         np.testing.assert_array_equal(logits(model), base)
         assert model.model.blocks[0].attn.o.disable_adapters  # a layer made inside the block starts disabled

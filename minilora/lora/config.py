@@ -79,7 +79,7 @@ class LoraConfig:
 
     def rank_and_alpha(self, name):
         """(r, alpha) for the module called ``name``, after rank_pattern and alpha_pattern."""
-        return (_pattern_value(self.rank_pattern, name, self.r), _pattern_value(self.alpha_pattern, name, self.lora_alpha))
+        return (pattern_value(self.rank_pattern, name, self.r), pattern_value(self.alpha_pattern, name, self.lora_alpha))
 
     def scaling(self, r, alpha):
         """s = alpha / r, or alpha / sqrt(r) with rsLoRA (which keeps the update's size stable as r grows)."""
@@ -163,7 +163,8 @@ def _matches(spec, name):
     return any(name == s or name.endswith("." + s) for s in spec)
 
 
-def _pattern_value(pattern, name, default):
+def pattern_value(pattern, name, default):
+    """PEFT's per-module override: the value of the first key whose regex matches the end of ``name``."""
     for key, value in pattern.items():
         if re.match(rf"(.*\.)?({key})$", name):
             return value

@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import backend
 from ..io import load_json, load_safetensors, save_json, save_safetensors
-from .config import LoraConfig
+from .config import LoraConfig, pattern_value
 from .files import CONFIG_NAME, WEIGHTS_NAME, check_adapter_fits, copy_adapter_arrays
 from .layer import LoRALinear
 from .model import LoraModel, lora_layers
@@ -118,14 +118,6 @@ def save_peft_gpt2(lora_model, path, adapter_name=None):
     return path
 
 
-def _pattern(pattern, name, default):
-    """PEFT's per-module override: the first key whose regex matches the end of ``name``."""
-    for key, value in pattern.items():
-        if re.match(rf"(.*\.)?({key})$", name):
-            return value
-    return default
-
-
 def from_peft_gpt2(peft_config, tensors, source="PEFT adapter", model=None):
     """(LoraConfig, {our key: array}) from a PEFT GPT-2 adapter's config dict and tensors.
 
@@ -167,7 +159,7 @@ def from_peft_gpt2(peft_config, tensors, source="PEFT adapter", model=None):
             raise ValueError(f"{source}: transformer.h.{i}.{hf} has no lora_{lacks}.weight. Fix: save the adapter again.")
         names = [f"blocks.{i}.attn.{x}" for x in QKV] if hf == "attn.c_attn" else \
             [f"blocks.{i}.{next(o for o, h in ONE_TO_ONE.items() if h == hf)}"]
-        alpha = _pattern(peft_config.get("alpha_pattern") or {}, f"transformer.h.{i}.{hf}", peft_config["lora_alpha"])
+        alpha = pattern_value(peft_config.get("alpha_pattern") or {}, f"transformer.h.{i}.{hf}", peft_config["lora_alpha"])
         A, B = AB["A"], AB["B"]
         if init == "pissa":
             A, B = _pissa_as_lora(model, names, A, B, alpha, bool(peft_config.get("use_rslora")), source)
