@@ -86,7 +86,7 @@ def _set_submodule(model, name, module):
     object.__setattr__(parent, child, module)
 
 
-def _untie(model, name, linear):
+def _untie(model, linear):
     """Give ``linear`` its own copy of a weight it shares with another module (GPT-2's lm_head and wte).
 
     Merging and PiSSA write into the base weight; a shared weight would carry
@@ -95,8 +95,7 @@ def _untie(model, name, linear):
     frozen like the original. A model that says it ties (GPT's
     ``config.tie_weights``) gets a config that says it no longer does.
     """
-    shared = [n for n, m in model.named_modules() if m is not linear and any(p is linear.weight for p in m._parameters.values())]
-    if not shared:
+    if not any(m is not linear and any(p is linear.weight for p in m._parameters.values()) for m in model.modules()):
         return
     own = Parameter._wrap(linear.weight.data.copy()).requires_grad_(linear.weight.requires_grad)
     linear._parameters["weight"] = own  # in place, so the parameter order is unchanged
@@ -157,7 +156,7 @@ class LoraModel(Module):
         for name in names:
             m = self.model.get_submodule(name)
             if not isinstance(m, LoRALinear):
-                _untie(self.model, name, m)
+                _untie(self.model, m)
                 m = LoRALinear(m, rng=self.rng)
                 m.disable_adapters = self.adapters_disabled
                 _set_submodule(self.model, name, m)
@@ -260,9 +259,12 @@ class LoraModel(Module):
             layer.unmerge()
 
     def merge_and_unload(self):
-        """Merge the active adapter and return the plain model, every LoRALinear replaced by its merged Linear."""
+        """Merge the active adapter and return the plain model, every LoRALinear replaced by its merged Linear.
+
+        Inside ``disable_adapter()`` too: the caller asks for the trained model, so it is merged, not dropped.
+        """
         if not self._merged() and self.active_adapter is not None:
-            self._merge()  # also inside disable_adapter(): the caller asked for the trained model
+            self._merge()
         for name, layer in lora_layers(self.model):
             _set_submodule(self.model, name, layer.base_layer)
         self.peft_config.clear()
