@@ -82,7 +82,12 @@ class LoraConfig:
         return (pattern_value(self.rank_pattern, name, self.r), pattern_value(self.alpha_pattern, name, self.lora_alpha))
 
     def scaling(self, r, alpha):
-        """s = alpha / r, or alpha / sqrt(r) with rsLoRA (which keeps the update's size stable as r grows)."""
+        """s = alpha / r (the paper's and PEFT's default), or alpha / sqrt(r) with rsLoRA.
+
+        Trained from B = 0, alpha / sqrt(r) keeps the size of s B A x about the same
+        as r changes, while alpha / r makes it smaller as r grows (measured in
+        docs/lora.md with bench/scaling_alpha.py).
+        """
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
     # ---- files --------------------------------------------------------------

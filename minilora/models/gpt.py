@@ -2,7 +2,8 @@
 
 Dimension legend (used in every shape comment below):
     B batch, T time (sequence length), C channels (n_embd), H heads,
-    D = C / H channels per head, V vocab, R rank (of LoRA factors, elsewhere)
+    D = C / H channels per head, V vocab, S keys attended (len(cache) + T);
+    r the rank of a LoRA adapter (minilora/lora), R the rank of PEFT's stacked c_attn adapter
 
     idx (B, T) -> wte + wpe -> drop -> blocks (pre-LN) -> ln_f -> lm_head -> logits (B, T, V)
 
