@@ -3,47 +3,12 @@
 Our parameter names are transformers' (``model.layers.0.self_attn.q_proj.weight``),
 so the tensors load by name, unchanged: no transpose, no permutation (that is a
 GGUF matter, see llama_gguf.py). ``lm_head.weight`` is absent when it is tied.
-
-Published Llama checkpoints are mostly bfloat16, which NumPy has no type for, so the
-safetensors file is read here directly: an 8-byte header length, a JSON header
-(name -> dtype, shape, byte offsets), then the raw little-endian bytes. A bfloat16
-is the top half of a float32, so shifting its 16 bits up gives the float32 exactly.
+Published Llama checkpoints are mostly bfloat16; io.load_safetensors widens them to float32 exactly.
 """
-import json
 import os
-
-import numpy as np
 
 from .. import backend, io
 from .llama import LlamaConfig
-
-NUMPY_TYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
-
-
-def read_safetensors(path):
-    """name -> float array for every tensor of a safetensors file (bfloat16 becomes float32)."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        try:
-            header = json.loads(f.read(size))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(f"{path}: not a safetensors file (its header is not JSON). Fix: point to model.safetensors.") from None
-        data = f.read()
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in NUMPY_TYPES:
-            raise ValueError(f"{path}: tensor {name} is {info['dtype']}; minilora reads F64, F32, F16 and BF16. Fix: save it as float32.")
-        start, end = info["data_offsets"]
-        if end > len(data):
-            raise ValueError(f"{path}: tensor {name} ends at byte {end} of the data but the file holds {len(data)}; "
-                             "the file is truncated. Fix: download or save it again.")
-        array = np.frombuffer(data[start:end], dtype=NUMPY_TYPES[info["dtype"]]).reshape(info["shape"])
-        if info["dtype"] == "BF16":
-            array = (array.astype(np.uint32) << 16).view(np.float32)  # bfloat16 = the high 16 bits of a float32
-        tensors[name] = array
-    return tensors
 
 
 def config_from_hf(hf, path="config.json"):
@@ -92,7 +57,7 @@ def load_llama(cls, path, dtype=None):
         raise FileNotFoundError(f"{path} has no model.safetensors. Fix: save it with save_pretrained(path, safe_serialization=True).")
     state = {}
     for name in files:
-        state.update(read_safetensors(os.path.join(path, name)))
+        state.update(io.load_safetensors(os.path.join(path, name))[0])
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # some tied checkpoints write the shared matrix twice
     with backend.using_default_dtype(dtype or backend.get_default_dtype()):
