@@ -296,7 +296,8 @@ class MLP(Module):
 class KVCache:
     """The keys and values one attention layer has already computed, so generation feeds only new tokens.
 
-    k, v: (B, H, len(cache), D) Tensors, or None before the first call.
+    k, v: (B, H, len(cache), D) Tensors, or None before the first call (H counts the
+    key/value heads: fewer than the query heads under grouped-query attention).
     """
 
     def __init__(self):
