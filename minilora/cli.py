@@ -61,8 +61,8 @@ def require_extras(command_name, modules, extra="train"):
 
 
 @contextlib.contextmanager
-def user_input(what):
-    """Turn the ValueError / OSError that library code raises while checking ``what`` into a CommandError.
+def user_input(option, value=None):
+    """Turn the ValueError / OSError that library code raises while checking ``option``'s value into a CommandError.
 
     Wrap only code that reads or checks the user's input (a file, a shape, a prompt), whose
     messages are written for people: the same error from a computation is a bug and keeps its traceback.
@@ -70,7 +70,11 @@ def user_input(what):
     try:
         yield
     except (ValueError, OSError) as error:
-        raise CommandError(f"{what}: {error}") from error
+        message = str(error)
+        if value is not None:
+            option = f"{option} {value}"
+            message = message.removeprefix(f"{value}: ")  # the library's message may start with the path too
+        raise CommandError(f"{option}: {message}") from error
 
 
 # ---- options ------------------------------------------------------------------------------------
@@ -232,7 +236,7 @@ def _checkpoint_step(path, model):
     from .io import load_safetensors
 
     fix = "Fix: pass the options of the run that wrote it, --fresh to start over, or a new --out"
-    with user_input(f"--out {os.path.dirname(path)}"):
+    with user_input("--out", os.path.dirname(path)):
         arrays, metadata = load_safetensors(path)
     try:
         step = int(json.loads(metadata["step"]))
@@ -281,7 +285,7 @@ def run_generate(args):
 
     require_extras("generate", ["safetensors"])
     _check_model_folder(args.model)
-    with user_input(f"--model {args.model}"):
+    with user_input("--model", args.model):
         model = GPT.from_pretrained(args.model)
         try:
             tokenizer = load_tokenizer(args.model)
@@ -290,7 +294,7 @@ def run_generate(args):
     if args.adapter is not None:
         if not os.path.isdir(args.adapter):
             raise CommandError(f"--adapter {args.adapter}: no such folder. Fix: pass a folder that holds adapter_config.json")
-        with user_input(f"--adapter {args.adapter}"):
+        with user_input("--adapter", args.adapter):
             model = lora.from_pretrained(model, args.adapter)
     if args.top_k is not None and args.top_k > model.config.vocab_size:
         raise CommandError(f"--top-k {args.top_k} is more than the model's {model.config.vocab_size} tokens. "
@@ -391,4 +395,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m minilora.cli` runs this file as __main__, a second copy beside the minilora.cli that demo.py
+    # imports; the package's copy must run, so that main() catches the CommandError class that demo raises.
+    from minilora.cli import main as package_main
+
+    sys.exit(package_main())
