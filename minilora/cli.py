@@ -191,6 +191,7 @@ def run_pretrain(args):
                            vocab_size=tokenizer.vocab_size, dropout=0.0, seed=args.seed)
         model = GPT(config)
 
+    check_out_folder(args.out)
     checkpoint = os.path.join(args.out, CHECKPOINT_FILE)
     done = 0
     if os.path.exists(checkpoint) and not args.fresh:
@@ -210,6 +211,8 @@ def run_pretrain(args):
     if len(val_tokens) < T + 1:
         raise CommandError(f"--sentences {args.sentences} makes a validation split of {len(val_tokens)} characters, "
                            f"fewer than --block-size + 1 = {T + 1}. Fix: more --sentences or a smaller --block-size")
+    with user_input("--out", args.out):
+        os.makedirs(args.out, exist_ok=True)  # now, so that a folder that cannot be made fails before training, not after
     warmup = min(args.warmup, args.steps)  # a run shorter than the warmup just warms up
     val_idx, val_targets = data.random_windows(val_tokens, 64, T, np.random.default_rng(args.seed + 1))
 
@@ -229,6 +232,12 @@ def run_pretrain(args):
     last = history[-1] if history else {}
     print(f"final loss {last.get('loss', float('nan')):.4f}, validation loss {last.get('val_loss', float('nan')):.4f}")
     print(f"saved the model to {args.out}/ (try: minilora generate --model {shlex.quote(args.out)} --prompt 'The ')")
+
+
+def check_out_folder(path):
+    """Refuse an --out that exists but is not a folder, before any work."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CommandError(f"--out {path} is a file, not a folder. Fix: pass a folder (it is created if needed)")
 
 
 def _checkpoint_step(path, model):
@@ -322,6 +331,8 @@ def _check_model_folder(path):
     inside = sorted(os.path.relpath(folder, path) for folder, _, files in os.walk(path)
                     if "config.json" in files and folder.count(os.sep) - path.count(os.sep) <= 2)
     hint = f"; model folders inside it: {', '.join(inside[:5])}" if inside else ""
+    if os.path.exists(os.path.join(path, "checkpoint.safetensors")):
+        hint = f"; it holds a training checkpoint: run 'minilora pretrain --out {path}' again to finish and save the model"
     raise CommandError(f"--model {path} holds no config.json, so it is not a model folder{hint}. "
                        "Fix: pass the folder that holds config.json and model.safetensors")
 
@@ -329,7 +340,7 @@ def _check_model_folder(path):
 # ---- demo -------------------------------------------------------------------------------------
 @command
 def _register_demo(subparsers):
-    from .demo import add_demo_arguments, run_demo
+    from .demo import add_demo_arguments
 
     p = add_subparser(
         subparsers, "demo", help="the main job: pretrain a small GPT, then adapt it by full fine-tuning, LoRA r=8 and LoRA r=1",
@@ -340,7 +351,14 @@ def _register_demo(subparsers):
                     "minutes on a 2-core laptop CPU. See docs/demo.md.",
     )
     add_demo_arguments(p)
-    p.set_defaults(run=run_demo)
+    p.set_defaults(run=run_demo_command)
+
+
+def run_demo_command(args):
+    from .demo import run_demo
+
+    check_out_folder(args.out)
+    run_demo(args)
 
 
 # ---- entry point -------------------------------------------------------------------------------

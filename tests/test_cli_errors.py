@@ -19,13 +19,19 @@ from test_cli import TINY, fails_in_one_line, run_minilora, succeeds, tiny_model
     (["pretrain", "--out", "{tmp}/new", "--n-head", "5"], ["--n-embd 128 is not divisible by --n-head 5", "Fix"]),
     (["pretrain", "--out", "{model}", "--steps", "9", *TINY, "--n-embd", "32"], ["another shape", "--fresh"]),
     (["pretrain", "--out", "{tmp}/new", "--sentences", "1"], ["--sentences 1", "--block-size"]),
+    (["pretrain", "--out", "{model}/config.json", *TINY], ["is a file, not a folder"]),
+    (["demo", "--out", "{model}/config.json"], ["is a file, not a folder"]),
+    (["pretrain", "--out", "{model}/config.json/run", *TINY], ["--out {model}/config.json/run: "]),  # cannot be made
+    (["generate", "--model", "{interrupted}"], ["holds a training checkpoint", "minilora pretrain --out"]),
     (["generate"], ["the following arguments are required: --model"]),
     (["bogus"], ["invalid choice: 'bogus'"]),
 ])
 def test_a_user_mistake_is_one_line_and_status_2(argv, fragments, tiny_model, tmp_path):
     shutil.copytree(tiny_model, tmp_path / "model")
-    argv = [a.format(tmp=tmp_path, model=tmp_path / "model") for a in argv]
-    fails_in_one_line(run_minilora(*argv), 2, *fragments)
+    (tmp_path / "interrupted").mkdir()  # a pretrain run stopped before it saved the model
+    shutil.copy(tiny_model / "checkpoint.safetensors", tmp_path / "interrupted")
+    paths = dict(tmp=tmp_path, model=tmp_path / "model", interrupted=tmp_path / "interrupted")
+    fails_in_one_line(run_minilora(*[a.format(**paths) for a in argv]), 2, *[f.format(**paths) for f in fragments])
     assert not (tmp_path / "new").exists()  # refused before anything was written
 
 
