@@ -113,9 +113,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends "(default: X)" only where X says something: not to flags, required options, None, or help that gives it."""
 
     def _get_help_string(self, action):
-        help = action.help or ""
-        if action.required or action.default is None or action.default is False or "default" in help:
-            return help
+        text = action.help or ""
+        if action.required or action.default is None or action.default is False or "default" in text:
+            return text
         return super()._get_help_string(action)
 
 

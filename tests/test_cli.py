@@ -135,7 +135,7 @@ def test_generate_opens_every_model_the_demo_saves(tmp_path):
     out = tmp_path / "demo"
     printed = succeeds(run_minilora("demo", "--out", out, "--pretrain-steps", "1", "--finetune-steps", "1",
                                     "--eval-examples", "1")).stdout
-    (pretrained,) = [os.path.join(folder) for folder, _, files in os.walk(out / "pretrained") if "config.json" in files]
+    (pretrained,) = [folder for folder, _, files in os.walk(out / "pretrained") if "config.json" in files]
     for model in (pretrained, out / "full"):
         succeeds(run_minilora("generate", "--model", model, "--max-new-tokens", "5"))
     for adapter in ("lora_r8", "lora_r1"):
