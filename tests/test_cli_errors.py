@@ -1,11 +1,14 @@
 """User mistakes on the command line: one line on stderr, a non-zero status, no traceback (unless --debug)."""
 import argparse
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from minilora.cli import build_parser
-from test_cli import TINY, fails_in_one_line, run_minilora, succeeds, tiny_model  # noqa: F401 (a fixture)
+from test_cli import ROOT, TINY, fails_in_one_line, run_minilora, succeeds, tiny_model  # noqa: F401 (a fixture)
 
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -122,3 +125,11 @@ def test_a_tokenizer_json_without_the_tokenizers_package(tiny_model, without, tm
     (model / "tokenizer.json").write_text("{}")
     fails_in_one_line(run_minilora("generate", "--model", model, path_first=without("tokenizers")), 1,
                       "tokenizers", "minilora[train]")
+
+
+def test_an_unknown_minilora_backend_is_still_an_error_in_python():
+    """The variable no longer breaks `import minilora`, but the first tensor raises: never a silent switch to numpy."""
+    code = "import minilora\ntry:\n    minilora.Tensor([1.0])\nexcept ValueError as error:\n    print(error)\n"
+    env = {**os.environ, "MINILORA_BACKEND": "foo", "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
+    assert "MINILORA_BACKEND='foo'" in out
