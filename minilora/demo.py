@@ -9,7 +9,7 @@
    determines the weights, so a changed setting never picks up a stale model.
 2. Adapt it to E2E-style data-to-text (``data.e2e_task``) three ways, drawing the same
    batch sequence: full fine-tuning, LoRA r=8 on q and v (the paper's choice), and
-   LoRA r=1 (see METHODS for each one's learning rate and steps).
+   LoRA r=1 (see METHODS below for each one's learning rate and steps).
 3. Measure each: trainable parameters, checkpoint or adapter bytes, BLEU and exact
    match of greedy outputs on the test split, median step time, peak training memory,
    and inference latency (unmerged and merged for LoRA).
@@ -18,11 +18,11 @@
 From Python: ``parser = argparse.ArgumentParser(); add_demo_arguments(parser);
 run_demo(parser.parse_args([...]))`` returns the results as a dict.
 """
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -31,6 +31,7 @@ import numpy as np
 
 from . import backend, data
 from .autograd import no_grad
+from .cli import add_backend_argument, int_at_least, require_extras
 from .io import load_json, save_json
 from .lora import LoraConfig, count_parameters, get_peft_model, lora_layers
 from .models import GPT, GPTConfig
@@ -68,21 +69,21 @@ METHODS = (
     Method("LoRA r=1 (q, v)", "lora_r1", lr=1e-2, steps=300, lora=LoraConfig(r=1, lora_alpha=16, target_modules=["q", "v"])),
 )
 BASE = "base (no tuning)"
+DEMO_EXTRAS = ("tqdm", "safetensors", "sacrebleu")  # the progress bar, the model files, BLEU
 
 
 def add_demo_arguments(parser):
     """Add the demo's options to an argparse parser (``minilora demo`` registers it this way)."""
-    # SUPPRESS keeps `minilora --backend cupy demo` working: a default here would overwrite the top-level choice.
-    parser.add_argument("--backend", choices=["numpy", "cupy"], default=argparse.SUPPRESS,
-                        help="numpy (CPU) or cupy (NVIDIA GPU); default: $MINILORA_BACKEND or numpy")
+    add_backend_argument(parser)
     parser.add_argument("--out", default=os.path.join("runs", "demo"),
                         help="run folder: the pretrained-model cache, checkpoints, adapters and results.json")
     parser.add_argument("--fresh", action="store_true", help="pretrain again even if a cached model exists")
-    parser.add_argument("--seed", type=int, default=0, help="one seed for the model, the data and the batches")
-    parser.add_argument("--pretrain-steps", type=int, default=200, help="optimizer steps of pretraining")
-    parser.add_argument("--finetune-steps", type=int, default=None,
-                        help="optimizer steps of every adaptation (default: each method's own, see METHODS)")
-    parser.add_argument("--eval-examples", type=int, default=100, help="test examples whose greedy outputs are scored")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="one seed for the model, the data and the batches")
+    parser.add_argument("--pretrain-steps", type=int_at_least(1), default=200, help="optimizer steps of pretraining")
+    own = ", ".join(f"{m.steps} for {m.name}" for m in METHODS)
+    parser.add_argument("--finetune-steps", type=int_at_least(1), default=None,
+                        help=f"optimizer steps of every adaptation; default: each method's own ({own})")
+    parser.add_argument("--eval-examples", type=int_at_least(1), default=100, help="test examples whose greedy outputs are scored")
     return parser
 
 
@@ -91,6 +92,7 @@ def run_demo(args):
     for name in ("pretrain_steps", "finetune_steps", "eval_examples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"demo: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    require_extras("demo", DEMO_EXTRAS)  # before any work, not when BLEU is first computed
     args.backend = getattr(args, "backend", None) or backend.get_backend()
     with backend.using_backend(args.backend):
         return _run(args)
@@ -137,7 +139,18 @@ def _run(args):
     results["table"] = format_table(rows, results)
     save_json(os.path.join(args.out, "results.json"), results)
     print(results["table"])
+    print(saved_models(args.out, base_dir, splits.test[0].prompt))
     return results
+
+
+def saved_models(out, base_dir, prompt):
+    """Where the models are, and a ``minilora generate`` command that opens the LoRA r=8 adapter on its base."""
+    adapters = [os.path.join(out, m.folder) for m in METHODS if m.lora is not None]
+    full = [os.path.join(out, m.folder) for m in METHODS if m.lora is None]
+    return (f"\nsaved: the pretrained model in {base_dir}, the fully fine-tuned one in {', '.join(full)}, and the LoRA "
+            f"adapters (on the pretrained model) in {', '.join(adapters)}\n"
+            f"try: minilora generate --model {shlex.quote(base_dir)} --adapter {shlex.quote(adapters[0])} "
+            f"--greedy --max-new-tokens 40 --prompt {shlex.quote(prompt)}")
 
 
 # ---- 1. pretraining, cached -----------------------------------------------------------------------
@@ -156,6 +169,8 @@ def pretrained_model(args, tokenizer, say=print):
     if not args.fresh and os.path.exists(marker):
         saved = load_json(marker)
         if saved.get("settings") == settings:
+            if not os.path.exists(os.path.join(folder, data.CHAR_TOKENIZER_FILE)):  # cached by an older minilora
+                tokenizer.save(os.path.join(folder, data.CHAR_TOKENIZER_FILE))
             say(f"reusing the pretrained model in {folder} (trained {saved['steps']} steps, final loss "
                 f"{saved['final_loss']:.3f}); pass --fresh to train it again")
             return folder, {**saved, "key": key, "reused": True}
@@ -172,6 +187,7 @@ def pretrained_model(args, tokenizer, say=print):
         schedule=lambda s: warmup_cosine(s, min(PRETRAIN["warmup"], steps), steps, lr, lr / 10),
     )
     model.save_pretrained(folder)
+    tokenizer.save(os.path.join(folder, data.CHAR_TOKENIZER_FILE))  # so that `minilora generate --model` opens it
     summary = {"settings": settings, "steps": steps, "final_loss": history[-1]["loss"], "seconds": time.perf_counter() - started}
     save_json(marker, summary)
     return folder, {**summary, "key": key, "reused": False}
@@ -219,6 +235,8 @@ def adapt(method, base_dir, base_params, train, test, latency_idx, tokenizer, ar
     # LoRA's save_pretrained writes only A and B; a GPT's writes every weight.
     folder = os.path.join(args.out, method.folder)
     model.save_pretrained(folder)
+    if method.lora is None:  # a full model opens on its own; an adapter takes the base's tokenizer
+        tokenizer.save(os.path.join(folder, data.CHAR_TOKENIZER_FILE))
     weights = "model.safetensors" if method.lora is None else "adapter_model.safetensors"
     row = {"method": method.name, "steps": steps, "trainable": trainable, "trainable_percent": 100.0 * trainable / base_params,
            "file_bytes": os.path.getsize(os.path.join(folder, weights)), **metrics,

@@ -52,9 +52,14 @@ def test_smoke_table_files_and_cache(tmp_path, capsys):
     assert other["pretraining"]["reused"] is False and other["pretraining"]["key"] != first["pretraining"]["key"]
 
 
-def test_bad_step_count_is_named(tmp_path):
+def test_bad_step_count_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # the parser refuses it (tests/test_cli_errors.py runs the command)
+        demo_args("--out", str(tmp_path), "--finetune-steps", "0")
+    assert exit_info.value.code == 2 and "--finetune-steps: must be at least 1" in capsys.readouterr().err
+    args = demo_args("--out", str(tmp_path))
+    args.finetune_steps = 0  # from Python, without the parser
     with pytest.raises(ValueError, match="--finetune-steps must be at least 1"):
-        run_demo(demo_args("--out", str(tmp_path), "--finetune-steps", "0"))
+        run_demo(args)
 
 
 @pytest.mark.slow
