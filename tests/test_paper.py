@@ -101,9 +101,9 @@ def test_second_run_reuses_the_cache_and_force_redoes_it(quick_run, monkeypatch)
     trained = []
     real_train = lab_module.Lab._train
 
-    def counting_train(self, run, seed, base, folder):
+    def counting_train(self, run, seed, folder):
         trained.append((run.name, seed))
-        return real_train(self, run, seed, base, folder)
+        return real_train(self, run, seed, folder)
 
     monkeypatch.setattr(lab_module.Lab, "_train", counting_train)
     for claim in paper.CLAIMS:
@@ -133,6 +133,18 @@ def test_without_matplotlib_one_line_names_the_extra(tmp_path, monkeypatch):
 def test_bad_seed_count_is_named(tmp_path):
     with pytest.raises(SystemExit, match="--seeds must be at least 1, got 0"):
         paper.run_paper(paper_args("--seeds", "0", "--out", str(tmp_path)))
+
+
+def test_every_method_draws_its_own_initialisation(quick_run):
+    out, _, _ = quick_run
+    lab = lab_module.Lab(lab_module.QUICK, [0], str(out))
+    r8, r64 = (lab.adapted(lab_module.Run(("q", "v"), r), seed=0) for r in (8, 64))
+    A8, A64 = (m.model.blocks[0].attn.q.lora_A["default"].data for m in (r8, r64))
+    assert not np.isclose(A8, A64[:8]).all(axis=1).any()  # no row of A_r=8 starts A_r=64
+    again = lab.adapted(lab_module.Run(("q", "v"), 8), seed=0).model.blocks[0].attn.q.lora_A["default"].data
+    np.testing.assert_array_equal(A8, again)  # and the same seed gives the same start
+    full = lab.adapted(lab_module.FULL_FT, seed=0)
+    assert sum(p.size for p in full.parameters()) == lab.train(lab_module.FULL_FT, 0)["total"]
 
 
 def test_module_entry_point_and_help():

@@ -110,7 +110,8 @@ def _run(args):
             bar.update()
         bar.set_postfix_str("measuring")
         path = os.path.join(args.out, "claims", f"{claim.NAME}.json")
-        result = lab.cached(path, lab.settings(claim=claim.NAME, seeds=lab.seeds, base=lab.base()), lambda: claim.measure(lab))
+        settings = lab.settings(claim=claim.NAME, seeds=lab.seeds, base=os.path.basename(lab.base()))
+        result = lab.cached(path, settings, lambda: claim.measure(lab))
         plot = f"{number}_{claim.NAME}.png"
         claim.plot(result, os.path.join(args.out, plot))
         outcomes[claim.NAME] = {"number": number, "title": claim.TITLE, "source": claim.SOURCE, "paper": claim.PAPER,

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from .. import backend, data
+from ..autograd import no_grad
 from ..io import load_json, save_json
 from ..lora import LoraConfig, count_parameters, get_peft_model, read_adapter
 from ..models import GPT, GPTConfig
@@ -57,8 +58,9 @@ class Scale:
 # The full run: 2 layers, d = 128 (so r = 64 is still low-rank), 3 seeds x 18 adaptation runs, sized for
 # under an hour on 2 CPU cores. Fixed in advance from a pilot scored on 40 validation inputs (BLEU of greedy
 # outputs; the test split is used for the reported numbers only): after 400 pretraining steps, LoRA r=8
-# (q, v) at lr 2e-2, batch 16, reached BLEU 19 / 40 / 51 after 100 / 200 / 300 of 300 steps, and r=1 4 / 11 / 10;
-# lr 5e-2 was unstable (loss 1.1 at step 100 against 0.40). LoRA was still improving, so 400 steps.
+# (q, v) at lr 2e-2, batch 16, reached BLEU 19 / 40 / 51 after 100 / 200 / 300 of 300 steps, r=1 4 / 11 / 10,
+# and full fine-tuning at lr 1e-3 55 / 79 / 93; LoRA at lr 5e-2 was unstable (loss 1.1 at step 100 against 0.40).
+# LoRA was still improving at 300, so 400 steps, the most that three seeds of 18 runs allow in the hour.
 FULL = Scale("full", n_layer=2, n_head=4, n_embd=128, pretrain_steps=400, finetune_steps=400, eval_examples=100,
              lora_lr=2e-2, full_lr=1e-3, lora_alpha=16, checkpoint_widths=(64, 128, 256, 512, 1024),
              cost_widths=(128, 512), timing_repeats=15, timing_ms=50, batch_size=16)
@@ -164,16 +166,27 @@ class Lab:
         """
         base = self.base()
         folder = self.run_dir(run, seed)
-        settings = self.settings(*MODEL_FIELDS, *TRAINING_FIELDS, run=dataclasses.asdict(run), seed=seed, base=base)
-        return self.cached(os.path.join(folder, "result.json"), settings, lambda: self._train(run, seed, base, folder))
+        settings = self.settings(*MODEL_FIELDS, *TRAINING_FIELDS, run=dataclasses.asdict(run), seed=seed,
+                                 base=os.path.basename(base))  # the key, not the path: --out may move
+        return self.cached(os.path.join(folder, "result.json"), settings, lambda: self._train(run, seed, folder))
 
-    def _train(self, run, seed, base, folder):
+    def adapted(self, run, seed):
+        """A fresh copy of the pretrained model, with ``run``'s LoRA adapter (not yet trained) unless it is full fine-tuning.
+
+        Each method draws its initialisation from its own stream, seeded by (seed, method). From one
+        stream per seed, the r=64 adapter's A would begin with the r=8 adapter's 8 rows, and φ
+        would find that shared start rather than what training learned.
+        """
+        model = GPT.from_pretrained(self.base())
+        if not run.targets:
+            return model
+        config = LoraConfig(r=run.r, lora_alpha=self.scale.lora_alpha, target_modules=list(run.targets))
+        return get_peft_model(model, config, rng=backend.default_rng([seed, *run.name.encode()]))
+
+    def _train(self, run, seed, folder):
         s, started = self.scale, time.perf_counter()
-        model = GPT.from_pretrained(base)
-        total = model.num_parameters()
-        if run.targets:
-            config = LoraConfig(r=run.r, lora_alpha=s.lora_alpha, target_modules=list(run.targets))
-            model = get_peft_model(model, config, rng=backend.default_rng(seed))
+        model = self.adapted(run, seed)
+        total = sum(p.size for name, p in model.named_parameters() if "lora_" not in name)
         trainable, _ = count_parameters(model)
         lr = s.lora_lr if run.targets else s.full_lr
         # No weight decay for LoRA: decaying A and B pulls the model back towards the base, not towards small weights.
@@ -183,7 +196,6 @@ class Lab:
         fit(model, optimizer, lambda rng: data.random_rows(*self.train_rows, s.batch_size, rng), steps, seed=seed,
             clip=1.0, progress=False, schedule=lambda step: warmup_cosine(step, min(10, steps), steps, lr, lr / 10))
         model.eval()
-        from ..autograd import no_grad
         with no_grad():
             val_loss = mean_loss(model, *self.val_rows)
         metrics = generation_metrics(model, self.tokenizer, self.splits.test[: s.eval_examples])
