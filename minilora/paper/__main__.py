@@ -4,4 +4,5 @@ import argparse
 from . import DESCRIPTION, add_paper_arguments, run_paper
 
 if __name__ == "__main__":
-    run_paper(add_paper_arguments(argparse.ArgumentParser(prog="python -m minilora.paper", description=DESCRIPTION)).parse_args())
+    parser = argparse.ArgumentParser(prog="python -m minilora.paper", description=DESCRIPTION)
+    run_paper(add_paper_arguments(parser).parse_args())

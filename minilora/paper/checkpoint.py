@@ -31,9 +31,10 @@ def measure(lab):
     files = {"adapter_bytes": os.path.getsize(os.path.join(folder, "adapter_model.safetensors")),
              "full_bytes": os.path.getsize(os.path.join(lab.base(), "model.safetensors")), "n_embd": lab.scale.n_embd}
     g = GPT3
-    adapter = 2 * (g["n_layer"] * 2) * g["n_embd"] * CONFIG.r * g["bytes_per_value"]
+    adapter = 2 * (g["n_layer"] * 2) * g["n_embd"] * CONFIG.r * g["bytes_per_value"]  # 2 L̂ d r values
     full = g["parameters"] * g["bytes_per_value"]
-    return {"n_layer": lab.scale.n_layer, "widths": widths, "files": files, "gpt3": {"adapter_bytes": adapter, "full_bytes": full, "ratio": full / adapter}}
+    gpt3 = {"adapter_bytes": adapter, "full_bytes": full, "ratio": full / adapter}
+    return {"n_layer": lab.scale.n_layer, "widths": widths, "files": files, "gpt3": gpt3}
 
 
 def _size(n):
