@@ -52,7 +52,7 @@ def verdict(result):
     first, last = min(widths, key=int), max(widths, key=int)
     measured = (f"files at d={files['n_embd']}: adapter {_size(files['adapter_bytes'])} vs checkpoint "
                 f"{_size(files['full_bytes'])} (×{files['full_bytes'] / files['adapter_bytes']:.0f}); "
-                f"×{widths[first]['ratio']:.0f} at d={first} to ×{widths[last]['ratio']:.0f} at d={last}; "
+                f"tensor bytes ×{widths[first]['ratio']:.0f} at d={first} to ×{widths[last]['ratio']:.0f} at d={last}; "
                 f"the same count at GPT-3's shape: {_size(g['adapter_bytes'])} vs {_size(g['full_bytes'])} (×{g['ratio']:,.0f})")
     return {"measured": measured, "holds": "yes" if grows else "no",
             "why": "" if grows else "the ratio does not grow with d"}
