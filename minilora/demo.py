@@ -31,7 +31,7 @@ import numpy as np
 
 from . import backend, data
 from .autograd import no_grad
-from .cli import add_backend_argument, int_at_least, require_extras
+from .cli_options import add_backend_argument, int_at_least, require_extras
 from .io import load_json, save_json
 from .lora import LoraConfig, count_parameters, get_peft_model, lora_layers
 from .models import GPT, GPTConfig

@@ -15,7 +15,7 @@ from minilora.cli import build_parser
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(minilora.__file__)))  # this checkout, for the subprocess
 TINY = ["--batch-size", "4", "--sentences", "200", "--n-layer", "1", "--n-embd", "16",
         "--n-head", "2", "--block-size", "16", "--eval-every", "5", "--no-progress"]
-SUBCOMMANDS = ["pretrain", "generate", "demo"]
+SUBCOMMANDS = ["pretrain", "generate", "demo", "paper"]
 
 
 def run_minilora(*argv, env=None, path_first=None):
@@ -107,8 +107,9 @@ def test_backend_before_or_after_every_subcommand(where, tiny_model, tmp_path):
     succeeds(run_minilora(*line("generate", "--model", tiny_model, "--max-new-tokens", "3")))
     succeeds(run_minilora(*line("pretrain", "--out", tiny_model, "--steps", "5", *TINY)))  # nothing to do, but parsed
     parser = build_parser()  # the demo only parses here; tests/test_cli_demo.py runs it
-    assert parser.parse_args(line("demo")).backend == "numpy"
-    assert build_parser().parse_args(["demo"]).backend is None  # no default that would hide $MINILORA_BACKEND
+    for subcommand in ("demo", "paper"):  # they only parse here; their own tests run them
+        assert parser.parse_args(line(subcommand)).backend == "numpy"
+        assert build_parser().parse_args([subcommand]).backend is None  # no default that would hide $MINILORA_BACKEND
 
 
 @pytest.mark.skipif(backend.cupy_unavailable_reason() is None, reason="cupy runs here, so choosing it is no error")
