@@ -7,14 +7,24 @@ order, calling each Function's hand-written ``backward`` once.
 
 ``.grad`` is a plain array of the same backend as ``.data`` (not a Tensor):
 gradients are numbers, they do not need a graph of their own.
+
+Two paths per op. Every Function in ``minilora.functional`` is the reference:
+the formula, the code students read. A few ops also have a fast variant (a
+CuPy kernel, or a NumPy version that saves memory traffic), a subclass in
+``minilora/fused/`` that registers itself here with ``register_fast``.
+``Function.apply`` runs the fast variant for arrays of its backend, unless
+``reference_ops()`` (or ``MINILORA_REFERENCE_OPS=1``) asks for the references.
 """
 import contextlib
+import os
 
 import numpy as np
 
 from . import backend
 
 _grad_enabled = [True]
+_reference_only = [os.environ.get("MINILORA_REFERENCE_OPS", "0") not in ("", "0")]
+_fast_variants = {}  # (reference, backend name) -> the fast variant that runs in its place
 
 
 @contextlib.contextmanager
@@ -30,6 +40,37 @@ def no_grad():
 
 def is_grad_enabled():
     return _grad_enabled[0]
+
+
+@contextlib.contextmanager
+def reference_ops(enabled=True):
+    """Inside this block every op runs its reference forward and backward, on either backend, never a fast variant.
+
+    For graders and for reading: what runs is the formula in minilora.functional.
+    ``MINILORA_REFERENCE_OPS=1`` turns it on for the whole process.
+    """
+    previous = _reference_only[0]
+    _reference_only[0] = enabled
+    try:
+        yield
+    finally:
+        _reference_only[0] = previous
+
+
+def is_reference_ops():
+    return _reference_only[0]
+
+
+def register_fast(reference, fast, backend_name):
+    """Run ``fast`` in place of ``reference`` (a Function, or a plain function) for arrays of ``backend_name``."""
+    _fast_variants[reference, backend_name] = fast
+
+
+def fast_or_reference(reference, array):
+    """The variant of ``reference`` to run on ``array``: its registered fast one, unless reference_ops() is on."""
+    if _reference_only[0]:
+        return reference
+    return _fast_variants.get((reference, backend.backend_of(array)), reference)
 
 
 class Context:
@@ -91,6 +132,8 @@ class Function:
     def apply(cls, *args, **kwargs):
         tensors = [a for a in args if isinstance(a, Tensor)]
         backend.check_same_backend(cls.__name__, [t.data for t in tensors])
+        if tensors:
+            cls = fast_or_reference(cls, tensors[0].data)
         needs_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         record = _grad_enabled[0] and any(needs_grad)
         ctx = Context(needs_grad)

@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from . import backend
+from .autograd import fast_or_reference
 
 
 class Optimizer:
@@ -175,7 +176,7 @@ class AdamW(Optimizer):
             # The bias corrections undo the pull of m = v = 0 towards zero in the first steps.
             step_size = self.lr / (1 - beta1 ** t)
             bias2_sqrt = math.sqrt(1 - beta2 ** t)
-            update = backend.fused_or_reference(adamw_update, p.data)  # on the GPU: one kernel, not eleven
+            update = fast_or_reference(adamw_update, p.data)  # on the GPU: one kernel, not eleven
             update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"],
                    1 - self.lr * self.weight_decay, beta1, beta2, step_size, bias2_sqrt, self.eps)
 

@@ -76,6 +76,4 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale
         if not bool(visible.any(axis=-1).all()):
             raise ValueError("attention: some query can see no key (a whole mask row is False). Fix: let every query see at least itself.")
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    # On the GPU a fused kernel does steps 1-3 (minilora.fused); it is tested equal to this reference.
-    attention = backend.fused_or_reference(ScaledDotProductAttention, q.data)
-    return attention.apply(q, k, v, allowed, scale, causal=is_causal)
+    return ScaledDotProductAttention.apply(q, k, v, allowed, scale, causal=is_causal)

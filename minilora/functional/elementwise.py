@@ -368,7 +368,7 @@ def silu(x):
 def gelu(x, approximate="none"):
     """gelu as in torch: approximate="tanh" is GPT-2's form, "none" the exact erf form (BERT's)."""
     if approximate == "tanh":
-        return backend.fused_or_reference(GeluTanh, x.data).apply(x)
+        return GeluTanh.apply(x)
     if approximate == "none":
         return GeluErf.apply(x)
     raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")

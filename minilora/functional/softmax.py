@@ -120,7 +120,7 @@ class CrossEntropy(Function):
 
 
 def softmax(x, axis=-1):
-    return backend.fused_or_reference(Softmax, x.data).apply(x, axis=axis)
+    return Softmax.apply(x, axis=axis)
 
 
 def log_softmax(x, axis=-1):
@@ -131,6 +131,5 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     """Mean negative log-likelihood of ``targets`` under softmax(``logits``), skipping ``ignore_index``."""
     targets = ids_array(targets)
     check_class_ids("cross_entropy", targets, logits.shape[-1], ignore_index)
-    cross_entropy_fn = backend.fused_or_reference(CrossEntropy, logits.data)
-    return cross_entropy_fn.apply(logits, backend.asarray(targets, like=logits.data), ignore_index=ignore_index, reduction=reduction)
+    return CrossEntropy.apply(logits, backend.asarray(targets, like=logits.data), ignore_index=ignore_index, reduction=reduction)
 

@@ -1,0 +1,100 @@
+"""The switch between the two paths: minilora.reference_ops() and MINILORA_REFERENCE_OPS=1 run every reference op.
+
+The proof that it reaches every op: every reference Function's backward is
+replaced by one that raises, and then every case of the op catalogue must
+raise under the switch, on the current backend (run the suite with
+MINILORA_BACKEND=cupy to check the GPU's fast kernels too).
+"""
+import contextlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import minilora
+import minilora.functional as F
+from minilora import Function, backend, reference_ops
+from minilora.testing import as_tensor
+
+from op_catalogue import CATALOGUE
+
+
+class ReferenceBackwardRan(Exception):
+    pass
+
+
+def reference_functions():
+    """Every Function subclass defined in minilora.functional or minilora.lora.function (the reference ops)."""
+    import minilora.lora.function  # noqa: F401  (defines LoRALinearFunction)
+
+    found, todo = [], list(Function.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if cls.__module__.startswith(("minilora.functional.", "minilora.lora.function")):
+            found.append(cls)
+    return found
+
+
+@contextlib.contextmanager
+def raising_reference_backwards():
+    """Inside the block, every reference Function's backward raises ReferenceBackwardRan."""
+    def raising(ctx, grad):
+        raise ReferenceBackwardRan
+
+    functions = reference_functions()
+    assert len(functions) >= 30, [f.__name__ for f in functions]
+    with pytest.MonkeyPatch.context() as patch:
+        for cls in functions:
+            patch.setattr(cls, "backward", staticmethod(raising))
+        yield
+
+
+def run_case(case, arrays, const):
+    inputs = [as_tensor(a) for a in arrays]
+    out = case.minilora(*inputs, **const)
+    assume(not out.is_leaf)  # x.T of a vector is x itself: no op ran
+    out.backward(backend.asarray(np.ones(out.shape), like=out.data))
+
+
+@pytest.mark.parametrize("case", CATALOGUE, ids=lambda case: case.label)
+@settings(max_examples=3)
+@given(data=st.data())
+def test_under_the_switch_every_op_runs_its_reference_backward(case, data):
+    arrays, const = data.draw(case.inputs)
+    with raising_reference_backwards(), reference_ops(), pytest.raises(ReferenceBackwardRan):
+        run_case(case, arrays, const)
+
+
+@pytest.mark.gpu
+def test_without_the_switch_the_gpu_runs_the_fast_backwards():
+    """The other half of the proof: the patched references are what the switch brings back, not what runs anyway."""
+    rng = np.random.default_rng(0)
+    with backend.using_backend("cupy"), raising_reference_backwards():
+        x = as_tensor(rng.standard_normal((4, 8)))
+        for op in (F.softmax, lambda x: F.gelu(x, approximate="tanh"), lambda x: F.layer_norm(x)):
+            op(x).sum().backward()  # the fused kernels' backwards: no ReferenceBackwardRan
+            with reference_ops(), pytest.raises(ReferenceBackwardRan):
+                op(x).sum().backward()
+
+
+def test_reference_ops_restores_the_previous_setting():
+    before = minilora.is_reference_ops()
+    with reference_ops():
+        assert minilora.is_reference_ops()
+        with reference_ops(False):
+            assert not minilora.is_reference_ops()
+        assert minilora.is_reference_ops()
+    assert minilora.is_reference_ops() == before
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("0", False), ("", False)])
+def test_the_environment_variable_turns_the_switch_on_for_the_process(value, expected):
+    env = dict(os.environ, MINILORA_REFERENCE_OPS=value)
+    code = "import minilora; print(minilora.is_reference_ops())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(expected)
