@@ -5,7 +5,7 @@ dropout:   x (...) -> x (...), each value zeroed with probability p, the rest sc
 """
 from .. import backend
 from ..autograd import Function
-from .softmax import check_class_ids, ids_array
+from .ids import check_class_ids, ids_array
 
 
 class Embedding(Function):

@@ -3,10 +3,9 @@
 Shapes: x (..., C) with the classes on ``axis`` (the last by default).
 cross_entropy: logits (N, C) or (B, T, C), targets (N,) or (B, T) of class ids.
 """
-import numpy as np
-
 from .. import backend
-from ..autograd import Function, Tensor
+from ..autograd import Function
+from .ids import check_class_ids, ids_array
 
 
 def _log_softmax(x, axis):
@@ -40,33 +39,6 @@ class LogSoftmax(Function):
     def backward(ctx, grad):  # y = x - logsumexp(x)  =>  dx = dy - softmax(x) sum(dy)
         xp = backend.array_module(grad)
         return grad - xp.exp(ctx.y) * grad.sum(axis=ctx.axis, keepdims=True)
-
-
-def ids_array(ids):
-    """Integer ids as an array, left where they are: a Tensor gives its array, a list becomes a NumPy array."""
-    ids = ids.data if isinstance(ids, Tensor) else ids
-    return ids if hasattr(ids, "dtype") else np.asarray(ids)
-
-
-def check_class_ids(op, ids, num_classes, ignore_index=None):
-    """Raise IndexError naming the bad ids: CuPy would silently wrap them around instead.
-
-    Checking host ids costs nothing; checking ids already on the GPU must wait
-    for the GPU. So the ops check ids *before* moving them: a training loop that
-    feeds host batches never waits.
-    """
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"{op}: ids must be integers, got dtype {ids.dtype}")
-    valid = (ids >= 0) & (ids < num_classes)
-    if ignore_index is not None:
-        valid |= ids == ignore_index
-    if not bool(valid.all()):
-        bad = backend.to_numpy(ids[~valid])
-        raise IndexError(
-            f"{op}: ids {sorted(set(bad.tolist()))[:10]} are outside [0, {num_classes}); "
-            f"{bad.size} of {ids.size} positions are bad. Fix: check the tokenizer/vocabulary size"
-            + (f" or mark ignored positions with {ignore_index}." if ignore_index is not None else ".")
-        )
 
 
 def reduce_losses(ctx, losses, keep, reduction, shape):
