@@ -1,12 +1,9 @@
 """minilora: LoRA from first principles, in NumPy (CuPy on a GPU)."""
-from . import autograd as _autograd
 from .autograd import Function, Tensor, is_grad_enabled, is_reference_ops, no_grad, reference_ops
 from .backend import get_backend, get_default_dtype, set_backend, set_default_dtype, to_numpy
 from . import functional
 from . import fused  # registers the fast variants of the reference ops (reference_ops() turns them off)
 from .gradcheck import GradcheckError, gradcheck
-
-_autograd._install_tensor_methods()
 
 __version__ = "0.1.0"
 __all__ = [

@@ -254,6 +254,39 @@ class Tensor:
         values = np.array2string(self.numpy(), precision=4, threshold=20, separator=", ")
         return f"Tensor({values}, dtype={self.dtype}{grad})"
 
+    # ---- operators and methods: each one op of minilora.functional ---------
+    def __add__(self, other): return F.add(self, other)
+    def __radd__(self, other): return F.add(other, self)
+    def __sub__(self, other): return F.sub(self, other)
+    def __rsub__(self, other): return F.sub(other, self)
+    def __mul__(self, other): return F.mul(self, other)
+    def __rmul__(self, other): return F.mul(other, self)
+    def __truediv__(self, other): return F.div(self, other)
+    def __rtruediv__(self, other): return F.div(other, self)
+    def __matmul__(self, other): return F.matmul(self, other)
+    def __rmatmul__(self, other): return F.matmul(other, self)
+    def __pow__(self, exponent): return F.pow(self, exponent)
+    def __neg__(self): return F.neg(self)
+    def __getitem__(self, index): return F.getitem(self, index)
+
+    def matmul(self, other): return F.matmul(self, other)
+    def exp(self): return F.exp(self)
+    def log(self): return F.log(self)
+    def sqrt(self): return F.sqrt(self)
+    def tanh(self): return F.tanh(self)
+    def sigmoid(self): return F.sigmoid(self)
+    def relu(self): return F.relu(self)
+    def sum(self, axis=None, keepdims=False): return F.sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return F.mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return F.max(self, axis, keepdims)
+    def var(self, axis=None, keepdims=False, ddof=0): return F.var(self, axis, keepdims, ddof)
+    def reshape(self, *shape): return F.reshape(self, *shape)
+    def permute(self, *axes): return F.permute(self, *axes)
+    def transpose(self, axis0=-2, axis1=-1): return F.transpose(self, axis0, axis1)
+    def softmax(self, axis=-1): return F.softmax(self, axis)
+    def log_softmax(self, axis=-1): return F.log_softmax(self, axis)
+    def masked_fill(self, mask, value): return F.masked_fill(self, mask, value)
+
     # ---- the backward pass -----------------------------------------------
     def backward(self, grad=None, retain_graph=False):
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
@@ -331,22 +364,4 @@ def _topological_order(root):
     return order
 
 
-def _install_tensor_methods():
-    """Give Tensor its operators and methods; they call minilora.functional, which imports this file."""
-    from . import functional as F
-
-    def swap(fn):
-        return lambda self, other: fn(other, self)
-
-    methods = {
-        "__add__": F.add, "__radd__": swap(F.add), "__sub__": F.sub, "__rsub__": swap(F.sub),
-        "__mul__": F.mul, "__rmul__": swap(F.mul), "__truediv__": F.div, "__rtruediv__": swap(F.div),
-        "__matmul__": F.matmul, "__rmatmul__": swap(F.matmul), "__pow__": F.pow, "__neg__": F.neg,
-        "__getitem__": F.getitem,
-        "exp": F.exp, "log": F.log, "sqrt": F.sqrt, "tanh": F.tanh, "sigmoid": F.sigmoid, "relu": F.relu,
-        "sum": F.sum, "mean": F.mean, "max": F.max, "var": F.var, "reshape": F.reshape, "permute": F.permute,
-        "transpose": F.transpose, "softmax": F.softmax, "log_softmax": F.log_softmax, "matmul": F.matmul,
-        "masked_fill": F.masked_fill,
-    }
-    for name, fn in methods.items():
-        setattr(Tensor, name, fn)
+from . import functional as F  # noqa: E402  last: the ops are Functions built on the classes above

@@ -16,8 +16,8 @@ import minilora
 ROOT = pathlib.Path(minilora.__file__).parent
 
 # The one import that points up, on purpose: Tensor's operators (x + y, x @ w) call minilora.functional,
-# whose ops are Functions built on this module. micrograd keeps both in one file; here the ops are a
-# layer above the engine, and the operators import it when first called.
+# whose ops are Functions built on autograd's classes. micrograd keeps both in one file; here the ops
+# are a layer above the engine, imported on the last line of autograd.py, after the classes they need.
 ALLOWED_UPWARD = {("minilora.autograd", "minilora.functional")}
 
 
