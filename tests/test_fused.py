@@ -154,13 +154,16 @@ def test_fused_equals_reference_in_float32_at_model_sizes(name):
     assert_same(fused, ref, rtol=2e-4, atol=1e-5)  # float32 rounding; the float64 test above is the tight one
 
 
-def test_the_functional_ops_pick_the_fused_kernels_on_the_gpu_only_and_not_under_reference_ops():
+def test_the_functional_ops_pick_each_backends_variants_and_the_references_under_reference_ops():
     from minilora.fused import FusedCrossEntropy, FusedGeluTanh, FusedLayerNorm, FusedScaledDotProductAttention
 
     x = np.random.default_rng(0).standard_normal((2, 4, 8))
+    from minilora.fused import InPlaceGeluTanh, InPlaceScaledDotProductAttention
+
     references = (LayerNorm, GeluTanh, CrossEntropy, ScaledDotProductAttention)
     for name, switch, expected in [
-            ("numpy", False, references), ("cupy", True, references),
+            ("numpy", False, (LayerNorm, InPlaceGeluTanh, CrossEntropy, InPlaceScaledDotProductAttention)),
+            ("numpy", True, references), ("cupy", True, references),
             ("cupy", False, (FusedLayerNorm, FusedGeluTanh, FusedCrossEntropy, FusedScaledDotProductAttention))]:
         with backend.using_backend(name), reference_ops(switch):
             t = Tensor(x, requires_grad=True)
@@ -238,7 +241,7 @@ def test_fused_adamw_update_equals_the_reference(dtype, rtol):
         for update in (adamw_update, fused_adamw_update):
             p, m, v = (cupy.asarray(a) for a in start)
             for t, g in enumerate(grads, start=1):
-                update(p, cupy.asarray(g), m, v, 1 - 1e-3 * 0.01, 0.9, 0.999, 1e-3 / (1 - 0.9 ** t), np.sqrt(1 - 0.999 ** t), 1e-8)
+                update(p, cupy.asarray(g), m, v, t, 1e-3, 0.9, 0.999, 1e-8, 0.01)
             results.append([backend.to_numpy(a) for a in (p, m, v)])
     for ours, reference in zip(results[1], results[0]):
         np.testing.assert_allclose(ours, reference, rtol=rtol, atol=rtol)

@@ -25,29 +25,30 @@ def _check_matmul(a, b):
 
 
 class MatMul(Function):
-    """a (..., n, k) @ b (..., k, m) -> (..., n, m); leading axes broadcast."""
+    """y = a @ b. Inputs: a (..., n, k), b (..., k, m); leading axes broadcast, a 1-D a is a row, a 1-D b a column.
+    Output: y (..., n, m). ctx keeps: a, b. Backward: docs/derivations.md#matrix-products-functionallinalgpy.
+    """
 
     @staticmethod
     def forward(ctx, a, b):
-        _check_matmul(a, b)
         ctx.a, ctx.b = a, b
         return a @ b
 
     @staticmethod
-    def backward(ctx, grad):  # y = a @ b  =>  da = dy @ b^T, db = a^T @ dy
+    def backward(ctx, dy):  # y = a @ b  =>  da = dy @ b^T, db = a^T @ dy
         a, b = ctx.a, ctx.b
         # Treat vectors as matrices (1-d a is a row, 1-d b a column) so one formula serves all,
         # and give the gradient back the axes that the vector product dropped.
         a2 = a[None, :] if a.ndim == 1 else a  # (..., n, k)
         b2 = b[:, None] if b.ndim == 1 else b  # (..., k, m)
-        g = grad[..., None] if b.ndim == 1 else grad
-        g = g[..., None, :] if a.ndim == 1 else g  # (..., n, m)
+        dy2 = dy[..., None] if b.ndim == 1 else dy
+        dy2 = dy2[..., None, :] if a.ndim == 1 else dy2  # (..., n, m)
         da = db = None
         if ctx.needs_input_grad[0]:
-            da = g @ b2.swapaxes(-1, -2)  # (..., n, k)
+            da = dy2 @ b2.swapaxes(-1, -2)  # (..., n, k)
             da = da[..., 0, :] if a.ndim == 1 else da
         if ctx.needs_input_grad[1]:
-            db = a2.swapaxes(-1, -2) @ g  # (..., k, m)
+            db = a2.swapaxes(-1, -2) @ dy2  # (..., k, m)
             db = db[..., 0] if b.ndim == 1 else db
         return da, db
 
@@ -80,6 +81,8 @@ class Linear(Function):
 
 
 def matmul(a, b):
+    """a @ b with NumPy's rules: a (..., n, k), b (..., k, m) -> (..., n, m)."""
+    _check_matmul(a, b)
     return MatMul.apply(a, b)
 
 

@@ -14,10 +14,14 @@ On the GPU (CuPy), kernels for the memory-bound ops:
     linear.py         RowSumLinear                     the bias gradient as a cuBLAS matrix-vector product
     adamw.py          fused_adamw_update               AdamW's eleven array operations in one kernel
 
+On the CPU (NumPy), only where it measurably pays (docs/performance.md):
+
+    cpu.py            InPlaceGeluTanh, InPlaceScaledDotProductAttention   in one or two buffers, no temporaries
+
 ``Function.apply`` runs the variant registered for its inputs' backend;
 ``minilora.reference_ops()`` (or MINILORA_REFERENCE_OPS=1) turns them all off.
-tests/test_fused.py checks every variant against its reference and
-gradient-checks it in float64. Importing this package needs no GPU; the
+tests/test_fused.py (GPU) and tests/test_fused_cpu.py check every variant
+against its reference and gradient-check it in float64. Importing this package needs no GPU; the
 kernels compile on first use.
 """
 from ..autograd import register_fast
@@ -29,6 +33,7 @@ from ..functional.softmax import CrossEntropy, Softmax
 from ..optim import adamw_update
 from .adamw import fused_adamw_update
 from .attention import FusedScaledDotProductAttention
+from .cpu import InPlaceGeluTanh, InPlaceScaledDotProductAttention
 from .cross_entropy import FusedCrossEntropy
 from .gelu import FusedGeluTanh
 from .layer_norm import FusedLayerNorm
@@ -44,8 +49,14 @@ FUSED = {  # reference -> its CuPy variant
     Linear: RowSumLinear,
     adamw_update: fused_adamw_update,
 }
+CPU = {  # reference -> its NumPy variant
+    GeluTanh: InPlaceGeluTanh,
+    ScaledDotProductAttention: InPlaceScaledDotProductAttention,
+}
 for _reference, _fast in FUSED.items():
     register_fast(_reference, _fast, "cupy")
+for _reference, _fast in CPU.items():
+    register_fast(_reference, _fast, "numpy")
 
-__all__ = ["FUSED", "FusedSoftmax", "FusedScaledDotProductAttention", "FusedLayerNorm", "FusedGeluTanh",
+__all__ = ["FUSED", "CPU", "InPlaceGeluTanh", "InPlaceScaledDotProductAttention", "FusedSoftmax", "FusedScaledDotProductAttention", "FusedLayerNorm", "FusedGeluTanh",
            "FusedCrossEntropy", "RowSumLinear", "fused_adamw_update"]
