@@ -7,6 +7,8 @@ MINILORA_BACKEND=cupy to check the GPU's fast kernels too).
 """
 import contextlib
 import os
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -149,3 +151,20 @@ def test_references_behind_a_numpy_variant_pass_gradcheck_and_match_pytorch(case
     expected.backward(torch.from_numpy(cotangent))
     for mine, reference in zip(ours, theirs):
         np.testing.assert_allclose(backend.to_numpy(mine.grad), reference.grad.numpy(), rtol=1e-9, atol=case.atol)
+
+
+def github_anchor(heading):
+    """The anchor GitHub (and mkdocs' toc) gives a markdown heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("function", reference_functions(), ids=lambda f: f.__name__)
+def test_every_reference_function_documents_its_shapes_ctx_and_derivation(function):
+    doc = function.__doc__ or ""
+    assert all(word in doc for word in ("Input", "Output", "ctx keeps")), f"{function.__name__}: give inputs, outputs and ctx"
+    links = re.findall(r"(docs/[\w.]+\.md)#([\w-]+)", doc)
+    assert links, f"{function.__name__}: link the section of docs/derivations.md (or lora.md) it implements"
+    root = pathlib.Path(__file__).resolve().parent.parent
+    for path, anchor in links:
+        headings = re.findall(r"^#+ (.+)$", (root / path).read_text(encoding="utf-8"), flags=re.M)
+        assert anchor in {github_anchor(h) for h in headings}, f"{function.__name__}: {path} has no section #{anchor}"

@@ -2,10 +2,12 @@
 
 On a CPU every fresh temporary the size of the activations costs an allocation
 and page faults on first touch; a chain of them made GPT-2's tanh gelu slower
-than all of the MLP's matmuls. These two ops are the ones where working in one
-or two buffers measurably pays at the classroom shape (B=32, T=64, C=128;
-docs/performance.md): together about a quarter of the step. Each is tested
-equal to its reference in float64 and gradient-checked (tests/test_fused_cpu.py).
+than all of the MLP's matmuls. These two ops, whose arrays are the step's
+largest ((B, T, 4C) and (B, H, T, T)), are the ones where working in one or two
+buffers saved at least 5 % of the classroom step (docs/performance.md); layer
+norm and cross-entropy did not, so their references run on the CPU. Each is
+tested equal to its reference in float64 and gradient-checked
+(tests/test_fused_cpu.py).
 
     InPlaceGeluTanh                    x (...) -> y (...)
     InPlaceScaledDotProductAttention   q (B, H, T, D), k, v (B, H, S, D) -> (B, H, T, D)
