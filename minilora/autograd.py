@@ -25,6 +25,7 @@ from . import backend
 _grad_enabled = [True]
 _reference_only = [os.environ.get("MINILORA_REFERENCE_OPS", "0") not in ("", "0")]
 _fast_variants = {}  # (reference, backend name) -> the fast variant that runs in its place
+_with_variants = set()  # the references in _fast_variants, so that the others skip the lookup
 
 
 @contextlib.contextmanager
@@ -64,11 +65,12 @@ def is_reference_ops():
 def register_fast(reference, fast, backend_name):
     """Run ``fast`` in place of ``reference`` (a Function, or a plain function) for arrays of ``backend_name``."""
     _fast_variants[reference, backend_name] = fast
+    _with_variants.add(reference)
 
 
 def fast_or_reference(reference, array):
     """The variant of ``reference`` to run on ``array``: its registered fast one, unless reference_ops() is on."""
-    if _reference_only[0]:
+    if _reference_only[0] or reference not in _with_variants:
         return reference
     return _fast_variants.get((reference, backend.backend_of(array)), reference)
 
