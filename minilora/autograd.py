@@ -7,14 +7,25 @@ order, calling each Function's hand-written ``backward`` once.
 
 ``.grad`` is a plain array of the same backend as ``.data`` (not a Tensor):
 gradients are numbers, they do not need a graph of their own.
+
+Two paths per op. Every Function in ``minilora.functional`` is the reference:
+the formula, the code students read. A few ops also have a fast variant (a
+CuPy kernel, or a NumPy version that saves memory traffic), a subclass in
+``minilora/fused/`` that registers itself here with ``register_fast``.
+``Function.apply`` runs the fast variant for arrays of its backend, unless
+``reference_ops()`` (or ``MINILORA_REFERENCE_OPS=1``) asks for the references.
 """
 import contextlib
+import os
 
 import numpy as np
 
 from . import backend
 
 _grad_enabled = [True]
+_reference_only = [os.environ.get("MINILORA_REFERENCE_OPS", "0") not in ("", "0")]
+_fast_variants = {}  # (reference, backend name) -> the fast variant that runs in its place
+_with_variants = set()  # the references in _fast_variants, so that the others skip the lookup
 
 
 @contextlib.contextmanager
@@ -30,6 +41,38 @@ def no_grad():
 
 def is_grad_enabled():
     return _grad_enabled[0]
+
+
+@contextlib.contextmanager
+def reference_ops(enabled=True):
+    """Inside this block every op runs its reference forward and backward, on either backend, never a fast variant.
+
+    For graders and for reading: what runs is the formula in minilora.functional.
+    ``MINILORA_REFERENCE_OPS=1`` turns it on for the whole process.
+    """
+    previous = _reference_only[0]
+    _reference_only[0] = enabled
+    try:
+        yield
+    finally:
+        _reference_only[0] = previous
+
+
+def is_reference_ops():
+    return _reference_only[0]
+
+
+def register_fast(reference, fast, backend_name):
+    """Run ``fast`` in place of ``reference`` (a Function, or a plain function) for arrays of ``backend_name``."""
+    _fast_variants[reference, backend_name] = fast
+    _with_variants.add(reference)
+
+
+def fast_or_reference(reference, array):
+    """The variant of ``reference`` to run on ``array``: its registered fast one, unless reference_ops() is on."""
+    if _reference_only[0] or reference not in _with_variants:
+        return reference
+    return _fast_variants.get((reference, backend.backend_of(array)), reference)
 
 
 class Context:
@@ -91,6 +134,8 @@ class Function:
     def apply(cls, *args, **kwargs):
         tensors = [a for a in args if isinstance(a, Tensor)]
         backend.check_same_backend(cls.__name__, [t.data for t in tensors])
+        if tensors:
+            cls = fast_or_reference(cls, tensors[0].data)
         needs_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         record = _grad_enabled[0] and any(needs_grad)
         ctx = Context(needs_grad)
@@ -211,6 +256,39 @@ class Tensor:
         values = np.array2string(self.numpy(), precision=4, threshold=20, separator=", ")
         return f"Tensor({values}, dtype={self.dtype}{grad})"
 
+    # ---- operators and methods: each one op of minilora.functional ---------
+    def __add__(self, other): return F.add(self, other)
+    def __radd__(self, other): return F.add(other, self)
+    def __sub__(self, other): return F.sub(self, other)
+    def __rsub__(self, other): return F.sub(other, self)
+    def __mul__(self, other): return F.mul(self, other)
+    def __rmul__(self, other): return F.mul(other, self)
+    def __truediv__(self, other): return F.div(self, other)
+    def __rtruediv__(self, other): return F.div(other, self)
+    def __matmul__(self, other): return F.matmul(self, other)
+    def __rmatmul__(self, other): return F.matmul(other, self)
+    def __pow__(self, exponent): return F.pow(self, exponent)
+    def __neg__(self): return F.neg(self)
+    def __getitem__(self, index): return F.getitem(self, index)
+
+    def matmul(self, other): return F.matmul(self, other)
+    def exp(self): return F.exp(self)
+    def log(self): return F.log(self)
+    def sqrt(self): return F.sqrt(self)
+    def tanh(self): return F.tanh(self)
+    def sigmoid(self): return F.sigmoid(self)
+    def relu(self): return F.relu(self)
+    def sum(self, axis=None, keepdims=False): return F.sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return F.mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return F.max(self, axis, keepdims)
+    def var(self, axis=None, keepdims=False, ddof=0): return F.var(self, axis, keepdims, ddof)
+    def reshape(self, *shape): return F.reshape(self, *shape)
+    def permute(self, *axes): return F.permute(self, *axes)
+    def transpose(self, axis0=-2, axis1=-1): return F.transpose(self, axis0, axis1)
+    def softmax(self, axis=-1): return F.softmax(self, axis)
+    def log_softmax(self, axis=-1): return F.log_softmax(self, axis)
+    def masked_fill(self, mask, value): return F.masked_fill(self, mask, value)
+
     # ---- the backward pass -----------------------------------------------
     def backward(self, grad=None, retain_graph=False):
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
@@ -288,22 +366,4 @@ def _topological_order(root):
     return order
 
 
-def _install_tensor_methods():
-    """Give Tensor its operators and methods; they call minilora.functional, which imports this file."""
-    from . import functional as F
-
-    def swap(fn):
-        return lambda self, other: fn(other, self)
-
-    methods = {
-        "__add__": F.add, "__radd__": swap(F.add), "__sub__": F.sub, "__rsub__": swap(F.sub),
-        "__mul__": F.mul, "__rmul__": swap(F.mul), "__truediv__": F.div, "__rtruediv__": swap(F.div),
-        "__matmul__": F.matmul, "__rmatmul__": swap(F.matmul), "__pow__": F.pow, "__neg__": F.neg,
-        "__getitem__": F.getitem,
-        "exp": F.exp, "log": F.log, "sqrt": F.sqrt, "tanh": F.tanh, "sigmoid": F.sigmoid, "relu": F.relu,
-        "sum": F.sum, "mean": F.mean, "max": F.max, "var": F.var, "reshape": F.reshape, "permute": F.permute,
-        "transpose": F.transpose, "softmax": F.softmax, "log_softmax": F.log_softmax, "matmul": F.matmul,
-        "masked_fill": F.masked_fill,
-    }
-    for name, fn in methods.items():
-        setattr(Tensor, name, fn)
+from . import functional as F  # noqa: E402  last: the ops are Functions built on the classes above

@@ -8,6 +8,7 @@ only global choice in minilora besides the default dtype.
     minilora.get_backend()                # -> "cupy"
 """
 import contextlib
+import functools
 import os
 
 import numpy as np
@@ -170,18 +171,54 @@ def scatter_add(target, indices, values):
     threads arrive: float sums then change in the last bit from run to run, and a
     resumed training run no longer repeats the uninterrupted one bit for bit. So
     the common case, rows picked by a 1-D integer array (the Embedding backward),
-    goes through ``minilora.fused.scatter_add_rows`` instead: a fixed order, and
-    no data-dependent sizes that would make the host wait for the GPU.
+    goes through ``scatter_add_rows`` instead: a fixed order, and no
+    data-dependent sizes that would make the host wait for the GPU.
     """
     if not is_cupy_array(target):
         np.add.at(target, indices, values)
     elif getattr(indices, "ndim", None) == 1 and indices.dtype.kind in "iu" and target.flags.c_contiguous:
-        from .fused import scatter_add_rows
         rows = array_module(target).asarray(indices)
         scatter_add_rows(target, rows % target.shape[0], values)  # -1 and n-1 are one row
     else:
         import cupyx
         cupyx.scatter_add(target, indices, values)
+    return target
+
+
+@functools.lru_cache(maxsize=None)
+def _run_sum_kernel():
+    import cupy
+
+    return cupy.ElementwiseKernel(
+        "raw int64 sorted_rows, raw int64 order, raw T values, int64 n, int64 width", "raw T target",
+        """
+        const long long pos = i / width, col = i % width;
+        const long long row = sorted_rows[pos];
+        if (pos == 0 || sorted_rows[pos - 1] != row) {  // the first pick of its run adds the run
+            T total = 0;
+            for (long long j = pos; j < n && sorted_rows[j] == row; ++j) total += values[order[j] * width + col];
+            target[row * width + col] += total;
+        }
+        """,
+        "minilora_scatter_add_rows")
+
+
+def scatter_add_rows(target, rows, values):
+    """target[rows] += values on the GPU for 1-D integer ``rows`` in [0, R), in a fixed order; target C-contiguous.
+
+    rows (N,), values (N, W), target (R, W). The picks are sorted by row, ties by
+    position; then, for each column, the first pick of every run of equal rows
+    adds the whole run, in order.
+    """
+    cupy = array_module(target)
+    n = rows.size
+    width = target.size // target.shape[0] if target.shape[0] else 0
+    if n == 0 or width == 0:
+        return target
+    rows = rows.astype(cupy.int64, copy=False)
+    order = cupy.argsort(rows * n + cupy.arange(n))  # unique keys: by row, then by position
+    values = cupy.ascontiguousarray(values, dtype=target.dtype).reshape(n, width)
+    _run_sum_kernel()(rows[order], order, values, np.int64(n), np.int64(width), target, size=n * width)
     return target
 
 
@@ -196,19 +233,6 @@ def sum_over_rows(a):
     if is_cupy_array(a):
         return array_module(a).ones(a.shape[0], dtype=a.dtype) @ a
     return a.sum(axis=0)
-
-
-def fused_or_reference(reference, array):
-    """The Function to run on ``array``: the fused CuPy kernel for ``reference`` if minilora.fused has one.
-
-    NumPy arrays always get the reference, the code that the docs derive; each
-    fused Function is tested equal to its reference and gradient-checked
-    (tests/test_fused.py).
-    """
-    if not is_cupy_array(array):
-        return reference
-    from .fused import FUSED
-    return FUSED.get(reference, reference)
 
 
 def peak_bytes_allocated(work):

@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from . import backend
+from .autograd import fast_or_reference
 
 
 class Optimizer:
@@ -146,7 +147,9 @@ class AdamW(Optimizer):
     p = p - lr * weight_decay * p              (decay the weight itself, not the gradient)
     m = beta1 * m + (1 - beta1) * g            (first moment: a running mean of g)
     v = beta2 * v + (1 - beta2) * g^2          (second moment: a running mean of g^2)
-    p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    p = p - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t)
+
+    ``step`` keeps t and the moments per parameter and calls ``adamw_update``, the rule above on arrays.
     """
 
     state_names = ("step", "exp_avg", "exp_avg_sq")
@@ -170,29 +173,22 @@ class AdamW(Optimizer):
             state = self.state.get(i)
             if state is None:
                 state = self.state[i] = {"step": 0, "exp_avg": xp.zeros_like(p.data), "exp_avg_sq": xp.zeros_like(p.data)}
-            state["step"] += 1  # t = t + 1 (a Python int: reading it needs no sync)
-            t = state["step"]
-            # The bias corrections undo the pull of m = v = 0 towards zero in the first steps.
-            step_size = self.lr / (1 - beta1 ** t)
-            bias2_sqrt = math.sqrt(1 - beta2 ** t)
-            update = backend.fused_or_reference(adamw_update, p.data)  # on the GPU: one kernel, not eleven
-            update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"],
-                   1 - self.lr * self.weight_decay, beta1, beta2, step_size, bias2_sqrt, self.eps)
+            state["step"] += 1  # a Python int: reading it needs no sync
+            update = fast_or_reference(adamw_update, p.data)  # on the GPU: one kernel, not eleven
+            update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
+                   self.lr, beta1, beta2, self.eps, self.weight_decay)
 
 
-def adamw_update(p, g, m, v, decay, beta1, beta2, step_size, bias2_sqrt, eps):
-    """One AdamW update of the arrays p, m, v in place, given the gradient g and the step's scalars.
-
-    decay = 1 - lr wd, step_size = lr / (1 - beta1^t), bias2_sqrt = sqrt(1 - beta2^t).
-    """
+def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    """AdamW's step t (from 1) on arrays, in place: parameter p, its gradient g, the moments m and v (all one shape)."""
     xp = backend.array_module(p)
-    p *= decay  # p = p - lr wd p
-    m *= beta1
-    m += (1 - beta1) * g  # m = beta1 m + (1 - beta1) g
-    v *= beta2
-    v += (1 - beta2) * (g * g)  # v = beta2 v + (1 - beta2) g^2
-    denom = xp.sqrt(v) / bias2_sqrt + eps  # sqrt(v_hat) + eps
-    p -= step_size * (m / denom)  # p = p - lr m_hat / (sqrt(v_hat) + eps)
+    p -= lr * weight_decay * p  # decoupled weight decay: shrink the weight itself, not the gradient
+    m[...] = beta1 * m + (1 - beta1) * g  # first moment: a running mean of g
+    v[...] = beta2 * v + (1 - beta2) * g * g  # second moment: a running mean of g^2
+    # The bias corrections undo the pull of m = v = 0 towards zero in the first steps.
+    m_hat = m / (1 - beta1 ** t)
+    sqrt_v_hat = xp.sqrt(v) / math.sqrt(1 - beta2 ** t)
+    p -= lr * m_hat / (sqrt_v_hat + eps)
 
 
 def warmup_cosine(step, warmup_steps, total_steps, max_lr, min_lr=0.0):

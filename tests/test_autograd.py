@@ -156,6 +156,18 @@ def test_reverse_operators_with_numbers_and_arrays():
     np.testing.assert_allclose(to_numpy(x.grad), [-1 + 3 - 8 / 4 + 1])
 
 
+def test_tensor_operators_are_defined_in_the_class_body():
+    """A reader of Tensor finds __mul__ and friends there, each one call of minilora.functional."""
+    import inspect
+
+    import minilora.autograd
+
+    source = inspect.getsource(minilora.autograd.Tensor)
+    for name in ("__add__", "__radd__", "__mul__", "__matmul__", "__getitem__", "sum", "reshape", "softmax"):
+        assert getattr(Tensor, name).__qualname__ == f"Tensor.{name}"
+        assert f"def {name}(" in source
+
+
 def test_a_student_written_function():
     class Cube(Function):
         @staticmethod

@@ -13,9 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minilora.functional as F
-from minilora import Tensor, backend
+from minilora import Tensor, backend, reference_ops
 from minilora.functional.attention import ScaledDotProductAttention
 from minilora.functional.elementwise import GeluTanh
+from minilora.functional.linalg import Linear
 from minilora.functional.norm import LayerNorm
 from minilora.functional.softmax import CrossEntropy, Softmax
 from minilora.testing import arrays, assert_gradcheck, maybe_non_contiguous, shapes
@@ -67,12 +68,20 @@ def attention_inputs(draw):
     return [q, k, v], {"causal": draw(st.booleans())}
 
 
+@st.composite
+def linear_inputs(draw):
+    (x,), _ = draw(rows_inputs(-2.0, 2.0))
+    n_out = draw(st.integers(1, 5))
+    return [x, draw(arrays((n_out, x.shape[-1]))), draw(arrays((n_out,)))], {}
+
+
 CASES = {
     "softmax": (Softmax, softmax_inputs(), lambda fn, x, axis: fn.apply(x, axis=axis)),
     "layer_norm": (LayerNorm, layer_norm_inputs(), lambda fn, x, w, b: fn.apply(x, w, b, eps=1e-5)),
     "gelu_tanh": (GeluTanh, rows_inputs(), lambda fn, x: fn.apply(x)),
     "cross_entropy": (CrossEntropy, cross_entropy_inputs(), lambda fn, logits, targets, reduction: fn.apply(
         logits, backend.asarray(targets, like=logits.data), reduction=reduction)),
+    "linear": (Linear, linear_inputs(), lambda fn, x, w, b: fn.apply(x, w, b)),
     "attention": (ScaledDotProductAttention, attention_inputs(), lambda fn, q, k, v, causal: fn.apply(
         q, k, v, None, 1 / np.sqrt(q.shape[-1]), causal=causal)),
 }
@@ -83,7 +92,8 @@ def output_and_grads(call, function, arrays, consts, dtype=np.float64):
     import cupy
 
     tensors = [Tensor._wrap(cupy.asarray(a, dtype=dtype)).requires_grad_(True) for a in arrays]
-    out = call(function, *tensors, **consts)
+    with reference_ops():  # Reference.apply would run the registered fast variant; under the switch each class runs itself
+        out = call(function, *tensors, **consts)
     cotangent = np.random.default_rng(0).standard_normal(out.shape)
     out.backward(cupy.asarray(cotangent, dtype=dtype))
     return backend.to_numpy(out.data), [backend.to_numpy(t.grad) for t in tensors]
@@ -127,6 +137,8 @@ MODEL_SIZES = {  # float32 at the sizes of a GPT-2 small step (fewer rows, to st
     "gelu_tanh": ([np.random.default_rng(3).standard_normal((4, 64, 3072)) * 2], {}),
     "cross_entropy": ([np.random.default_rng(4).standard_normal((2, 16, 50257))],
                       {"targets": np.random.default_rng(5).integers(0, 50257, (2, 16)), "reduction": "mean"}),
+    "linear": ([np.random.default_rng(7).standard_normal((512, 768)), np.random.default_rng(8).standard_normal((768, 768)),
+                np.random.default_rng(9).standard_normal(768)], {}),
     "attention": ([np.random.default_rng(6).standard_normal((2, 12, 128, 64)) for _ in range(3)], {"causal": True}),
 }
 
@@ -142,18 +154,23 @@ def test_fused_equals_reference_in_float32_at_model_sizes(name):
     assert_same(fused, ref, rtol=2e-4, atol=1e-5)  # float32 rounding; the float64 test above is the tight one
 
 
-def test_the_functional_ops_pick_the_fused_kernels_on_the_gpu_only():
+def test_the_functional_ops_pick_each_backends_variants_and_the_references_under_reference_ops():
     from minilora.fused import FusedCrossEntropy, FusedGeluTanh, FusedLayerNorm, FusedScaledDotProductAttention
 
     x = np.random.default_rng(0).standard_normal((2, 4, 8))
-    for name, expected in [("numpy", (LayerNorm, GeluTanh, CrossEntropy, ScaledDotProductAttention)),
-                           ("cupy", (FusedLayerNorm, FusedGeluTanh, FusedCrossEntropy, FusedScaledDotProductAttention))]:
-        with backend.using_backend(name):
+    from minilora.fused import InPlaceGeluTanh, InPlaceScaledDotProductAttention
+
+    references = (LayerNorm, GeluTanh, CrossEntropy, ScaledDotProductAttention)
+    for name, switch, expected in [
+            ("numpy", False, (LayerNorm, InPlaceGeluTanh, CrossEntropy, InPlaceScaledDotProductAttention)),
+            ("numpy", True, references), ("cupy", True, references),
+            ("cupy", False, (FusedLayerNorm, FusedGeluTanh, FusedCrossEntropy, FusedScaledDotProductAttention))]:
+        with backend.using_backend(name), reference_ops(switch):
             t = Tensor(x, requires_grad=True)
             q = t.reshape(2, 1, 4, 8)
             made = [F.layer_norm(t), F.gelu(t, approximate="tanh"), F.cross_entropy(t, np.zeros((2, 4), dtype=np.int64)),
                     F.scaled_dot_product_attention(q, q, q, is_causal=True)]
-            assert tuple(out._fn for out in made) == expected
+            assert tuple(out._fn for out in made) == expected, (name, switch)
 
 
 def test_a_user_mask_takes_the_reference_attention_on_the_gpu():
@@ -177,15 +194,15 @@ def test_fused_cross_entropy_keeps_no_copy_of_the_logits():
         x = Tensor(logits, requires_grad=True)
         for function in (CrossEntropy, fused_version(CrossEntropy)):
             losses = []
-            kept[function] = backend.peak_bytes_allocated(
-                lambda: losses.append(function.apply(x, backend.asarray(targets, like=x.data))))
+            with reference_ops():
+                kept[function] = backend.peak_bytes_allocated(
+                    lambda: losses.append(function.apply(x, backend.asarray(targets, like=x.data))))
     assert kept[fused_version(CrossEntropy)] < 0.1 * logits.nbytes <= kept[CrossEntropy]
 
 
 @given(st.integers(1, 50), st.integers(1, 9), st.integers(1, 70), st.integers(0, 99))
 def test_scatter_add_rows_sums_repeats_like_numpy_add_at(picks, rows, width, seed):
-    from minilora.fused import scatter_add_rows
-
+    scatter_add_rows = backend.scatter_add_rows
     rng = np.random.default_rng(seed)
     indices = rng.integers(0, rows, picks)  # repeats are likely
     values, target = rng.standard_normal((picks, width)), rng.standard_normal((rows, width))
@@ -198,8 +215,7 @@ def test_scatter_add_rows_sums_repeats_like_numpy_add_at(picks, rows, width, see
 
 
 def test_scatter_add_rows_gives_the_same_bits_every_time():
-    from minilora.fused import scatter_add_rows
-
+    scatter_add_rows = backend.scatter_add_rows
     rng = np.random.default_rng(0)
     indices = rng.integers(0, 10, 4096)  # about 400 repeats of each row
     values = rng.standard_normal((4096, 96)).astype(np.float32)
@@ -225,7 +241,7 @@ def test_fused_adamw_update_equals_the_reference(dtype, rtol):
         for update in (adamw_update, fused_adamw_update):
             p, m, v = (cupy.asarray(a) for a in start)
             for t, g in enumerate(grads, start=1):
-                update(p, cupy.asarray(g), m, v, 1 - 1e-3 * 0.01, 0.9, 0.999, 1e-3 / (1 - 0.9 ** t), np.sqrt(1 - 0.999 ** t), 1e-8)
+                update(p, cupy.asarray(g), m, v, t, 1e-3, 0.9, 0.999, 1e-8, 0.01)
             results.append([backend.to_numpy(a) for a in (p, m, v)])
     for ours, reference in zip(results[1], results[0]):
         np.testing.assert_allclose(ours, reference, rtol=rtol, atol=rtol)

@@ -11,6 +11,7 @@ from .elementwise import (
     add, div, erf, exp, gelu, log, mul, neg, pow, relu, sigmoid, silu, sqrt, sub, tanh,
 )
 from .embedding import Dropout, Embedding, dropout, embedding
+from .ids import ids_array
 from .linalg import Linear, MatMul, linear, matmul
 from .norm import LayerNorm, RMSNorm, layer_norm, rms_norm
 from .repeat import RepeatInterleave, repeat_interleave
@@ -20,7 +21,7 @@ from .shape import (
     Concatenate, GetItem, Permute, Reshape, Where,
     concatenate, getitem, masked_fill, permute, reshape, split, transpose, where,
 )
-from .softmax import CrossEntropy, LogSoftmax, Softmax, cross_entropy, ids_array, log_softmax, softmax
+from .softmax import CrossEntropy, LogSoftmax, Softmax, cross_entropy, log_softmax, softmax
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "silu",

@@ -1,4 +1,4 @@
-"""Scaled dot-product attention with one fused backward.
+"""Scaled dot-product attention, its backward built on softmax's.
 
 Shapes: q (B, H, T, D), k and v (B, H, S, D) -> (B, H, T, D)
 (any leading axes work; T queries attend over S keys).
@@ -9,6 +9,7 @@ import math
 
 from .. import backend
 from ..autograd import Function, Tensor
+from .softmax import log_softmax_forward, softmax_backward
 
 
 def causal_mask(xp, T, S):
@@ -17,43 +18,43 @@ def causal_mask(xp, T, S):
 
 
 class ScaledDotProductAttention(Function):
+    """out = softmax(q k^T * scale + mask) v.
+
+    Inputs: q (B, H, T, D), k and v (B, H, S, D), allowed (a boolean keep-mask broadcastable to (B, H, T, S),
+    or None), scale (a number), causal (query t sees keys 0 .. S - T + t). Output: out (B, H, T, D).
+    ctx keeps: q, k, v, probs (B, H, T, S), scale.
+    Backward: docs/derivations.md#attention-functionalattentionpy.
+    """
+
     @staticmethod
     def forward(ctx, q, k, v, allowed, scale, causal=False):
         xp = backend.array_module(q)
         # 1. scores = q k^T * scale
-        scores = q @ k.swapaxes(-1, -2)  # (B, H, T, S)
-        scores *= scale
-        # 2. masked positions get -inf, so softmax gives them exactly 0 (added in place: no new (B, H, T, S) array)
+        scores = (q @ k.swapaxes(-1, -2)) * scale  # (B, H, T, S)
+        # 2. masked positions get -inf, so softmax gives them exactly 0
         if causal:
             past_and_self = causal_mask(xp, q.shape[-2], k.shape[-2])  # (T, S)
             allowed = past_and_self if allowed is None else allowed & past_and_self
         if allowed is not None:
-            scores += xp.where(allowed, 0.0, -xp.inf).astype(scores.dtype)  # the mask is small: (T, S) or (B, 1, 1, S)
-        # 3. probabilities over the keys: softmax, in place (this (B, H, T, S) array is the largest here)
-        scores -= scores.max(axis=-1, keepdims=True)  # exp of a large score would overflow; the shift cancels
-        probs = xp.exp(scores, out=scores)
-        probs /= probs.sum(axis=-1, keepdims=True)  # (B, H, T, S)
+            scores = xp.where(allowed, scores, -xp.inf)  # (B, H, T, S)
+        # 3. probabilities over the keys
+        probs = xp.exp(log_softmax_forward(scores, axis=-1))  # (B, H, T, S)
         # 4. weighted sum of values
         ctx.q, ctx.k, ctx.v, ctx.probs, ctx.scale = q, k, v, probs, scale
         return probs @ v  # (B, H, T, D)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, dout):
         q, k, v, probs, scale = ctx.q, ctx.k, ctx.v, ctx.probs, ctx.scale
         # 4. out = P v  =>  dP = dout v^T, dv = P^T dout
-        dprobs = grad @ v.swapaxes(-1, -2)  # (B, H, T, S)
-        dv = probs.swapaxes(-1, -2) @ grad  # (B, H, S, D)
-        # 3. P = softmax(scores)  =>  dscores = P * (dP - sum(dP * P, keys)), built in dP's buffer
-        row_dot = (dprobs * probs).sum(axis=-1, keepdims=True)  # (B, H, T, 1)
-        dprobs -= row_dot
-        dscores = dprobs
-        dscores *= probs  # (B, H, T, S)
+        dprobs = dout @ v.swapaxes(-1, -2)  # (B, H, T, S)
+        dv = probs.swapaxes(-1, -2) @ dout  # (B, H, S, D)
+        # 3. P = softmax(scores)  =>  dscores = P (dP - sum(dP P)), softmax's own backward
+        dscores = softmax_backward(probs, dprobs, axis=-1)  # (B, H, T, S)
         # 2. masked scores have P = 0, so dscores is already 0 there
-        # 1. scores = q k^T s  =>  dq = dscores k s, dk = dscores^T q s
-        dq = dscores @ k
-        dq *= scale
-        dk = dscores.swapaxes(-1, -2) @ q
-        dk *= scale
+        # 1. scores = q k^T s  =>  dq = s dscores k, dk = s dscores^T q
+        dq = scale * (dscores @ k)  # (B, H, T, D)
+        dk = scale * (dscores.swapaxes(-1, -2) @ q)  # (B, H, S, D)
         return dq, dk, dv, None, None, None
 
 
@@ -76,6 +77,4 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale
         if not bool(visible.any(axis=-1).all()):
             raise ValueError("attention: some query can see no key (a whole mask row is False). Fix: let every query see at least itself.")
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    # On the GPU a fused kernel does steps 1-3 (minilora.fused); it is tested equal to this reference.
-    attention = backend.fused_or_reference(ScaledDotProductAttention, q.data)
-    return attention.apply(q, k, v, allowed, scale, causal=is_causal)
+    return ScaledDotProductAttention.apply(q, k, v, allowed, scale, causal=is_causal)

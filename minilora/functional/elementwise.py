@@ -31,79 +31,94 @@ def _check_broadcast(op, a, b):
 
 
 class Add(Function):
+    """y = a + b. Inputs: a, b (broadcastable). Output: y (the broadcast shape). ctx keeps: nothing.
+    Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, a, b):
-        _check_broadcast("add", a, b)
         return a + b
 
     @staticmethod
-    def backward(ctx, grad):  # y = a + b  =>  da = dy, db = dy
-        return grad, grad
+    def backward(ctx, dy):  # y = a + b  =>  da = dy, db = dy
+        return dy, dy
 
 
 class Sub(Function):
+    """y = a - b. Inputs: a, b (broadcastable). Output: y (the broadcast shape). ctx keeps: nothing.
+    Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, a, b):
-        _check_broadcast("sub", a, b)
         return a - b
 
     @staticmethod
-    def backward(ctx, grad):  # y = a - b  =>  da = dy, db = -dy
-        return grad, -grad
+    def backward(ctx, dy):  # y = a - b  =>  da = dy, db = -dy
+        return dy, -dy
 
 
 class Mul(Function):
+    """y = a b, elementwise. Inputs: a, b (broadcastable). Output: y (the broadcast shape). ctx keeps: a, b.
+    Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, a, b):
-        _check_broadcast("mul", a, b)
         ctx.a, ctx.b = a, b
         return a * b
 
     @staticmethod
-    def backward(ctx, grad):  # y = a * b  =>  da = b dy, db = a dy
-        da = grad * ctx.b if ctx.needs_input_grad[0] else None
-        db = grad * ctx.a if ctx.needs_input_grad[1] else None
+    def backward(ctx, dy):  # y = a b  =>  da = b dy, db = a dy
+        da = dy * ctx.b if ctx.needs_input_grad[0] else None
+        db = dy * ctx.a if ctx.needs_input_grad[1] else None
         return da, db
 
 
 class Div(Function):
+    """y = a / b. Inputs: a, b (broadcastable). Output: y (the broadcast shape). ctx keeps: a, b.
+    Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, a, b):
-        _check_broadcast("div", a, b)
         ctx.a, ctx.b = a, b
         return a / b
 
     @staticmethod
-    def backward(ctx, grad):  # y = a / b  =>  da = dy / b, db = -dy a / b^2
-        da = grad / ctx.b if ctx.needs_input_grad[0] else None
-        db = -grad * ctx.a / (ctx.b * ctx.b) if ctx.needs_input_grad[1] else None
+    def backward(ctx, dy):  # y = a / b  =>  da = dy / b, db = -a dy / b^2
+        da = dy / ctx.b if ctx.needs_input_grad[0] else None
+        db = -ctx.a * dy / (ctx.b * ctx.b) if ctx.needs_input_grad[1] else None
         return da, db
 
 
 class Neg(Function):
+    """y = -x. Input: x (...). Output: y (...). ctx keeps: nothing. Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, x):
         return -x
 
     @staticmethod
-    def backward(ctx, grad):  # y = -x  =>  dx = -dy
-        return -grad
+    def backward(ctx, dy):  # y = -x  =>  dx = -dy
+        return -dy
 
 
 class Pow(Function):
+    """y = x^p for a Python number p. Input: x (...). Output: y (...). ctx keeps: x, p.
+    Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, x, exponent):
         ctx.x, ctx.exponent = x, exponent
         return x ** exponent
 
     @staticmethod
-    def backward(ctx, grad):  # y = x^p  =>  dx = p x^(p-1) dy
+    def backward(ctx, dy):  # y = x^p  =>  dx = p x^(p-1) dy
         if ctx.exponent == 0:  # y = 1 is a constant, so dx = 0, also at x = 0 where p x^(p-1) would be 0 * inf
-            return backend.array_module(grad).zeros_like(grad), None
-        return grad * ctx.exponent * ctx.x ** (ctx.exponent - 1), None
+            return backend.array_module(dy).zeros_like(dy), None
+        return ctx.exponent * ctx.x ** (ctx.exponent - 1) * dy, None
 
 
 class Exp(Function):
+    """y = e^x. Input: x (...). Output: y (...). ctx keeps: y. Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, x):
         y = backend.array_module(x).exp(x)
@@ -111,22 +126,26 @@ class Exp(Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad):  # y = e^x  =>  dx = y dy
-        return grad * ctx.y
+    def backward(ctx, dy):  # y = e^x  =>  dx = y dy
+        return ctx.y * dy
 
 
 class Log(Function):
+    """y = ln x. Input: x (...), positive. Output: y (...). ctx keeps: x. Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, x):
         ctx.x = x
         return backend.array_module(x).log(x)
 
     @staticmethod
-    def backward(ctx, grad):  # y = ln x  =>  dx = dy / x
-        return grad / ctx.x
+    def backward(ctx, dy):  # y = ln x  =>  dx = dy / x
+        return dy / ctx.x
 
 
 class Sqrt(Function):
+    """y = sqrt(x). Input: x (...), positive. Output: y (...). ctx keeps: y. Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, x):
         y = backend.array_module(x).sqrt(x)
@@ -134,11 +153,13 @@ class Sqrt(Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad):  # y = sqrt(x)  =>  dx = dy / (2 y)
-        return grad / (2 * ctx.y)
+    def backward(ctx, dy):  # y = sqrt(x)  =>  dx = dy / (2 y)
+        return dy / (2 * ctx.y)
 
 
 class Tanh(Function):
+    """y = tanh x. Input: x (...). Output: y (...). ctx keeps: y. Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, x):
         y = backend.array_module(x).tanh(x)
@@ -146,8 +167,8 @@ class Tanh(Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad):  # y = tanh x  =>  dx = (1 - y^2) dy
-        return grad * (1 - ctx.y * ctx.y)
+    def backward(ctx, dy):  # y = tanh x  =>  dx = (1 - y^2) dy
+        return (1 - ctx.y * ctx.y) * dy
 
 
 def _sigmoid(x):
@@ -157,6 +178,8 @@ def _sigmoid(x):
 
 
 class Sigmoid(Function):
+    """y = s(x) = 1 / (1 + e^-x). Input: x (...). Output: y (...). ctx keeps: y. Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, x):
         y = _sigmoid(x)
@@ -164,22 +187,26 @@ class Sigmoid(Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad):  # y = 1/(1+e^-x)  =>  dx = y (1 - y) dy
-        return grad * ctx.y * (1 - ctx.y)
+    def backward(ctx, dy):  # y = s(x)  =>  dx = y (1 - y) dy
+        return ctx.y * (1 - ctx.y) * dy
 
 
 class ReLU(Function):
+    """y = max(x, 0). Input: x (...). Output: y (...). ctx keeps: the mask x > 0. Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, x):
         ctx.positive = x > 0
         return x * ctx.positive
 
     @staticmethod
-    def backward(ctx, grad):  # y = max(x, 0)  =>  dx = [x > 0] dy
-        return grad * ctx.positive
+    def backward(ctx, dy):  # y = max(x, 0)  =>  dx = [x > 0] dy
+        return ctx.positive * dy
 
 
 class SiLU(Function):
+    """y = x s(x), s the sigmoid. Input: x (...). Output: y (...). ctx keeps: x, s = s(x). Backward: docs/derivations.md#elementwise-functionalelementwisepy"""
+
     @staticmethod
     def forward(ctx, x):
         s = _sigmoid(x)
@@ -187,54 +214,34 @@ class SiLU(Function):
         return x * s
 
     @staticmethod
-    def backward(ctx, grad):  # y = x s(x)  =>  dx = s (1 + x (1 - s)) dy
+    def backward(ctx, dy):  # y = x s  =>  dx = (s + x s (1 - s)) dy = s (1 + x (1 - s)) dy
         s = ctx.s
-        return grad * s * (1 + ctx.x * (1 - s))
+        return s * (1 + ctx.x * (1 - s)) * dy
 
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
 
 class GeluTanh(Function):
-    """GPT-2's gelu: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+    """GPT-2's gelu: y = 0.5 x (1 + t), t = tanh(u), u = sqrt(2/pi) (x + 0.044715 x^3).
 
-    Both passes work in place on one or two buffers: on a CPU every fresh
-    temporary of this size (B*T*4C floats) costs page faults, and a chain of
-    them made this op slower than all of the MLP's matmuls.
+    Input: x (...). Output: y (...). ctx keeps: x, t (...).
+    Backward: docs/derivations.md#elementwise-functionalelementwisepy
     """
 
     @staticmethod
     def forward(ctx, x):
         xp = backend.array_module(x)
-        t = x * x
-        t *= 0.044715
-        t += 1
-        t *= x
-        t *= _SQRT_2_OVER_PI  # u = sqrt(2/pi) x (1 + 0.044715 x^2)
-        xp.tanh(t, out=t)  # t = tanh(u)
+        u = _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)
+        t = xp.tanh(u)
         ctx.x, ctx.t = x, t
-        y = t + 1
-        y *= x
-        y *= 0.5  # y = 0.5 x (1 + t)
-        return y
+        return 0.5 * x * (1 + t)
 
     @staticmethod
-    def backward(ctx, grad):
-        # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-        xp = backend.array_module(grad)
+    def backward(ctx, dy):  # dx = (0.5 (1 + t) + 0.5 x (1 - t^2) du/dx) dy
         x, t = ctx.x, ctx.t
-        du = x * x
-        du *= 3 * 0.044715 * _SQRT_2_OVER_PI
-        du += _SQRT_2_OVER_PI  # du/dx
-        dx = t * t
-        xp.subtract(1, dx, out=dx)  # 1 - t^2
-        dx *= x
-        dx *= du
-        dx += 1
-        dx += t
-        dx *= 0.5  # dy/dx = 0.5 (1 + t + x (1 - t^2) du/dx)
-        dx *= grad
-        return dx
+        du_dx = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+        return (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du_dx) * dy
 
 
 # W. J. Cody, "Rational Chebyshev approximations for the error function",
@@ -291,7 +298,10 @@ def erf(x):
 
 
 class GeluErf(Function):
-    """BERT's exact gelu: x Phi(x) = 0.5 x (1 + erf(x / sqrt 2))."""
+    """BERT's exact gelu: y = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), Phi the normal distribution function.
+
+    Input: x (...). Output: y (...). ctx keeps: x. Backward: docs/derivations.md#elementwise-functionalelementwisepy
+    """
 
     @staticmethod
     def forward(ctx, x):
@@ -299,28 +309,36 @@ class GeluErf(Function):
         return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
     @staticmethod
-    def backward(ctx, grad):  # y = x Phi(x)  =>  dx = (Phi(x) + x phi(x)) dy, phi the normal density
+    def backward(ctx, dy):  # y = x Phi(x)  =>  dx = (Phi(x) + x phi(x)) dy, phi the normal density
         x = ctx.x
         xp = backend.array_module(x)
         cdf = 0.5 * (1 + erf(x / math.sqrt(2)))
         pdf = xp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-        return grad * (cdf + x * pdf)
+        return (cdf + x * pdf) * dy
 
 
 def add(a, b):
-    return Add.apply(_as_operand(a), _as_operand(b))
+    a, b = _as_operand(a), _as_operand(b)
+    _check_broadcast("add", a, b)
+    return Add.apply(a, b)
 
 
 def sub(a, b):
-    return Sub.apply(_as_operand(a), _as_operand(b))
+    a, b = _as_operand(a), _as_operand(b)
+    _check_broadcast("sub", a, b)
+    return Sub.apply(a, b)
 
 
 def mul(a, b):
-    return Mul.apply(_as_operand(a), _as_operand(b))
+    a, b = _as_operand(a), _as_operand(b)
+    _check_broadcast("mul", a, b)
+    return Mul.apply(a, b)
 
 
 def div(a, b):
-    return Div.apply(_as_operand(a), _as_operand(b))
+    a, b = _as_operand(a), _as_operand(b)
+    _check_broadcast("div", a, b)
+    return Div.apply(a, b)
 
 
 def neg(x):
@@ -368,7 +386,7 @@ def silu(x):
 def gelu(x, approximate="none"):
     """gelu as in torch: approximate="tanh" is GPT-2's form, "none" the exact erf form (BERT's)."""
     if approximate == "tanh":
-        return backend.fused_or_reference(GeluTanh, x.data).apply(x)
+        return GeluTanh.apply(x)
     if approximate == "none":
         return GeluErf.apply(x)
     raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")

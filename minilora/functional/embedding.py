@@ -5,10 +5,13 @@ dropout:   x (...) -> x (...), each value zeroed with probability p, the rest sc
 """
 from .. import backend
 from ..autograd import Function
-from .softmax import check_class_ids, ids_array
+from .ids import check_class_ids, ids_array
 
 
 class Embedding(Function):
+    """y = W[ids], a row of the table per id. Inputs: ids (...) of ints, weight W (V, C). Output: y (..., C).
+    ctx keeps: ids, W's shape. Backward: docs/derivations.md#lookups-and-noise-functionalembeddingpy."""
+
     @staticmethod
     def forward(ctx, ids, weight):
         ctx.ids, ctx.shape = ids, weight.shape
@@ -23,6 +26,9 @@ class Embedding(Function):
 
 
 class Dropout(Function):
+    """y = x m / (1 - p), m a 0/1 keep-mask drawn by the caller. Inputs: x (...), keep_mask (x's shape), scale = 1/(1-p).
+    Output: y (...). ctx keeps: m / (1 - p). Backward: docs/derivations.md#lookups-and-noise-functionalembeddingpy."""
+
     @staticmethod
     def forward(ctx, x, keep_mask, scale):
         ctx.mask = keep_mask * scale

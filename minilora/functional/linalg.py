@@ -1,5 +1,4 @@
 """Matrix products: ``matmul`` (batched, broadcasting) and ``linear`` (y = x W^T + b)."""
-from .. import backend
 from ..autograd import Function
 
 
@@ -26,63 +25,72 @@ def _check_matmul(a, b):
 
 
 class MatMul(Function):
-    """a (..., n, k) @ b (..., k, m) -> (..., n, m); leading axes broadcast."""
+    """y = a @ b. Inputs: a (..., n, k), b (..., k, m); leading axes broadcast, a 1-D a is a row, a 1-D b a column.
+    Output: y (..., n, m). ctx keeps: a, b. Backward: docs/derivations.md#matrix-products-functionallinalgpy.
+    """
 
     @staticmethod
     def forward(ctx, a, b):
-        _check_matmul(a, b)
         ctx.a, ctx.b = a, b
         return a @ b
 
     @staticmethod
-    def backward(ctx, grad):  # y = a @ b  =>  da = dy @ b^T, db = a^T @ dy
+    def backward(ctx, dy):  # y = a @ b  =>  da = dy @ b^T, db = a^T @ dy
         a, b = ctx.a, ctx.b
         # Treat vectors as matrices (1-d a is a row, 1-d b a column) so one formula serves all,
         # and give the gradient back the axes that the vector product dropped.
         a2 = a[None, :] if a.ndim == 1 else a  # (..., n, k)
         b2 = b[:, None] if b.ndim == 1 else b  # (..., k, m)
-        g = grad[..., None] if b.ndim == 1 else grad
-        g = g[..., None, :] if a.ndim == 1 else g  # (..., n, m)
+        dy2 = dy[..., None] if b.ndim == 1 else dy
+        dy2 = dy2[..., None, :] if a.ndim == 1 else dy2  # (..., n, m)
         da = db = None
         if ctx.needs_input_grad[0]:
-            da = g @ b2.swapaxes(-1, -2)  # (..., n, k)
+            da = dy2 @ b2.swapaxes(-1, -2)  # (..., n, k)
             da = da[..., 0, :] if a.ndim == 1 else da
         if ctx.needs_input_grad[1]:
-            db = a2.swapaxes(-1, -2) @ g  # (..., k, m)
+            db = a2.swapaxes(-1, -2) @ dy2  # (..., k, m)
             db = db[..., 0] if b.ndim == 1 else db
         return da, db
 
 
 class Linear(Function):
-    """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out), PyTorch's layout."""
+    """y = x W^T + b, PyTorch's layout (W is out x in).
+
+    Inputs: x (..., in), weight W (out, in), bias b (out,) or None. Output: y (..., out).
+    ctx keeps: x, W. Backward: docs/derivations.md#matrix-products-functionallinalgpy.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias=None):
-        if x.shape[-1] != weight.shape[1]:
-            raise ValueError(
-                f"linear: input has {x.shape[-1]} features (shape {tuple(x.shape)}) but the weight "
-                f"{tuple(weight.shape)} expects {weight.shape[1]}; weights are (out, in)."
-            )
         ctx.x, ctx.weight = x, weight
         # One 2-D product over all leading axes is one BLAS call, not one per batch entry.
-        y = x.reshape(-1, x.shape[-1]) @ weight.T  # (N, out)
+        y = x.reshape(-1, x.shape[-1]) @ weight.T  # (N, out), N = all leading axes
         if bias is not None:
-            y += bias
+            y += bias  # y is a fresh array: adding in place shares nothing
         return y.reshape(x.shape[:-1] + (weight.shape[0],))  # (..., out)
 
     @staticmethod
-    def backward(ctx, grad):  # y = x W^T + b  =>  dx = dy W, dW = dy^T x, db = sum dy
+    def backward(ctx, dy):  # y = x W^T + b  =>  dx = dy W, dW = dy^T x, db = sum over rows of dy
         x, weight = ctx.x, ctx.weight
-        grad2d = grad.reshape(-1, grad.shape[-1])  # (N, out), N = all leading axes
-        dx = (grad2d @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        dw = grad2d.T @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
-        db = backend.sum_over_rows(grad2d) if len(ctx.needs_input_grad) > 2 and ctx.needs_input_grad[2] else None
-        return dx, dw, db
+        dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out)
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        dx = (dy2 @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None  # (..., in)
+        dweight = dy2.T @ x2 if ctx.needs_input_grad[1] else None  # (out, in)
+        dbias = dy2.sum(0) if ctx.needs_input_grad[2] else None  # (out,)
+        return dx, dweight, dbias
 
 
 def matmul(a, b):
+    """a @ b with NumPy's rules: a (..., n, k), b (..., k, m) -> (..., n, m)."""
+    _check_matmul(a, b)
     return MatMul.apply(a, b)
 
 
 def linear(x, weight, bias=None):
+    """y = x W^T + b: x (..., in), weight (out, in), bias (out,) or None -> (..., out)."""
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: input has {x.shape[-1]} features (shape {tuple(x.shape)}) but the weight "
+            f"{tuple(weight.shape)} expects {weight.shape[1]}; weights are (out, in)."
+        )
     return Linear.apply(x, weight, bias)

@@ -7,48 +7,50 @@ from ..autograd import Function
 
 
 class LayerNorm(Function):
+    """y = (x - mean) / sqrt(var + eps) * w + b, mean and var over the last axis.
+
+    Inputs: x (..., C), weight w (C,) or None, bias b (C,) or None. Output: y (..., C).
+    ctx keeps: xhat (..., C), rstd = 1 / sqrt(var + eps) (..., 1), w.
+    Backward: docs/derivations.md#normalisation-functionalnormpy
+    """
+
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
         xp = backend.array_module(x)
         # 1. statistics over the last axis
-        centered = x - x.mean(axis=-1, keepdims=True)  # (..., C)
-        rstd = 1 / xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+        mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+        var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)  # (..., 1)
+        rstd = 1 / xp.sqrt(var + eps)  # (..., 1)
         # 2. normalise
-        xhat = centered
-        xhat *= rstd  # (..., C): x - mean is not needed again, so normalise it in place
-        # 3. scale and shift
+        xhat = (x - mean) * rstd  # (..., C)
         ctx.xhat, ctx.rstd, ctx.weight = xhat, rstd, weight
-        if weight is None and bias is None:
-            return xhat
-        y = xhat * weight if weight is not None else xhat.copy()  # xhat is kept for backward: never shift it in place
-        if bias is not None:
-            y += bias
-        return y
+        # 3. scale and shift
+        y = xhat * weight if weight is not None else xhat
+        return y + bias if bias is not None else y
 
     @staticmethod
-    def backward(ctx, grad):
-        # Every (..., C) temporary costs page faults on a CPU, so the steps share buffers where they can.
+    def backward(ctx, dy):
         xhat, rstd, weight = ctx.xhat, ctx.rstd, ctx.weight
-        lead = tuple(range(grad.ndim - 1))
+        rows = tuple(range(dy.ndim - 1))  # every axis but the last
         # 3. y = xhat w + b  =>  dw = sum dy xhat, db = sum dy, dxhat = dy w
-        dbias = grad.sum(axis=lead) if ctx.needs_input_grad[2] else None
-        grad_xhat = grad * xhat  # (..., C): dy xhat, the summand of dw
-        dweight = grad_xhat.sum(axis=lead) if ctx.needs_input_grad[1] else None
+        dweight = (dy * xhat).sum(axis=rows) if ctx.needs_input_grad[1] else None  # (C,)
+        dbias = dy.sum(axis=rows) if ctx.needs_input_grad[2] else None  # (C,)
         if not ctx.needs_input_grad[0]:
             return None, dweight, dbias
-        dxhat = grad * weight if weight is not None else grad
-        # 2.+1. xhat = (x - mean) rstd  =>  dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
-        if weight is not None:
-            grad_xhat *= weight  # now dxhat xhat
-        dx = xhat * grad_xhat.mean(axis=-1, keepdims=True)  # (..., C)
-        xp = backend.array_module(grad)
-        xp.subtract(dxhat, dx, out=dx)
-        dx -= dxhat.mean(axis=-1, keepdims=True)
-        dx *= rstd
+        dxhat = dy * weight if weight is not None else dy  # (..., C)
+        # 2.-1. xhat = (x - mean) rstd  =>  dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
+        dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
         return dx, dweight, dbias
 
 
 class RMSNorm(Function):
+    """y = x / sqrt(mean(x^2) + eps) * w over the last axis.
+
+    Inputs: x (..., C), weight w (C,) or None. Output: y (..., C).
+    ctx keeps: xhat (..., C), rrms = 1 / sqrt(mean(x^2) + eps) (..., 1), w.
+    Backward: docs/derivations.md#normalisation-functionalnormpy
+    """
+
     @staticmethod
     def forward(ctx, x, weight, eps=1e-6):
         xp = backend.array_module(x)
@@ -58,11 +60,11 @@ class RMSNorm(Function):
         return xhat * weight if weight is not None else xhat
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, dy):
         xhat, rrms, weight = ctx.xhat, ctx.rrms, ctx.weight
         # y = xhat w, xhat = x rrms  =>  dw = sum dy xhat, dx = rrms (dxhat - xhat mean(dxhat xhat))
-        dweight = (grad * xhat).sum(axis=tuple(range(grad.ndim - 1))) if ctx.needs_input_grad[1] else None
-        dxhat = grad * weight if weight is not None else grad
+        dweight = (dy * xhat).sum(axis=tuple(range(dy.ndim - 1))) if ctx.needs_input_grad[1] else None
+        dxhat = dy * weight if weight is not None else dy
         dx = None
         if ctx.needs_input_grad[0]:
             dx = rrms * (dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
@@ -77,7 +79,7 @@ def _check_last_axis(op, x, *params):
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     _check_last_axis("layer_norm", x, weight, bias)
-    return backend.fused_or_reference(LayerNorm, x.data).apply(x, weight, bias, eps=eps)
+    return LayerNorm.apply(x, weight, bias, eps=eps)
 
 
 def rms_norm(x, weight=None, eps=1e-6):

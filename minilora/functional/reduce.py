@@ -27,18 +27,24 @@ def _expand(grad, axes, keepdims):
 
 
 class Sum(Function):
+    """y = sum of x over ``axis``. Input: x (...). Output: x's shape less the axes (size 1 with keepdims).
+    ctx keeps: x's shape, the axes. Backward: docs/derivations.md#reductions-functionalreducepy."""
+
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
         ctx.shape, ctx.axes, ctx.keepdims = x.shape, _axes(axis, x.ndim), keepdims
         return x.sum(axis=ctx.axes, keepdims=keepdims)
 
     @staticmethod
-    def backward(ctx, grad):  # y = sum_i x_i  =>  dx_i = dy
-        xp = backend.array_module(grad)
-        return xp.broadcast_to(_expand(grad, ctx.axes, ctx.keepdims), ctx.shape)
+    def backward(ctx, dy):  # y = sum_i x_i  =>  dx_i = dy
+        xp = backend.array_module(dy)
+        return xp.broadcast_to(_expand(dy, ctx.axes, ctx.keepdims), ctx.shape)
 
 
 class Mean(Function):
+    """y = mean of x over ``axis``. Input: x (...). Output: x's shape less the axes (size 1 with keepdims).
+    ctx keeps: x's shape, the axes, the count n of values averaged. Backward: docs/derivations.md#reductions-functionalreducepy."""
+
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
         ctx.shape, ctx.axes, ctx.keepdims = x.shape, _axes(axis, x.ndim), keepdims
@@ -48,45 +54,47 @@ class Mean(Function):
         return x.mean(axis=ctx.axes, keepdims=keepdims)
 
     @staticmethod
-    def backward(ctx, grad):  # y = (1/n) sum_i x_i  =>  dx_i = dy / n
-        xp = backend.array_module(grad)
-        return xp.broadcast_to(_expand(grad, ctx.axes, ctx.keepdims) / ctx.count, ctx.shape)
+    def backward(ctx, dy):  # y = (1/n) sum_i x_i  =>  dx_i = dy / n
+        xp = backend.array_module(dy)
+        return xp.broadcast_to(_expand(dy, ctx.axes, ctx.keepdims) / ctx.count, ctx.shape)
 
 
 class Max(Function):
+    """y = max of x over ``axis``. Input: x (...). Output: x's shape less the axes (size 1 with keepdims).
+    ctx keeps: the mask of the maxima (x's shape), the axes. Backward: docs/derivations.md#reductions-functionalreducepy."""
+
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
         axes = _axes(axis, x.ndim)
-        if x.size == 0:
-            raise ValueError(f"max of an empty tensor (shape {x.shape}) has no value")
         y = x.max(axis=axes, keepdims=True)
         ctx.is_max = x == y
         ctx.axes, ctx.keepdims = axes, keepdims
         return y if keepdims else y.squeeze(axis=axes) if axes else y.reshape(())
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, dy):
         # y = max_i x_i  =>  dx_i = dy [x_i = y] / (number of ties), as torch.amax splits ties evenly
         ties = ctx.is_max.sum(axis=ctx.axes, keepdims=True)
-        return ctx.is_max * (_expand(grad, ctx.axes, ctx.keepdims) / ties)
+        return ctx.is_max * (_expand(dy, ctx.axes, ctx.keepdims) / ties)
 
 
 class Var(Function):
+    """y = sum (x - mean)^2 / (n - ddof) over ``axis``. Input: x (...). Output: x's shape less the axes.
+    ctx keeps: x - mean (x's shape), the axes, n - ddof. Backward: docs/derivations.md#reductions-functionalreducepy."""
+
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False, ddof=0):
         axes = _axes(axis, x.ndim)
         count = 1
         for a in axes:
             count *= x.shape[a]
-        if count - ddof <= 0:
-            raise ValueError(f"var: {count} values with ddof={ddof} leave no degrees of freedom")
         ctx.centered = x - x.mean(axis=axes, keepdims=True)
         ctx.axes, ctx.keepdims, ctx.divisor = axes, keepdims, count - ddof
         return (ctx.centered ** 2).sum(axis=axes, keepdims=keepdims) / ctx.divisor
 
     @staticmethod
-    def backward(ctx, grad):  # y = sum (x - mean)^2 / (n - ddof)  =>  dx = 2 (x - mean) dy / (n - ddof)
-        return 2 * ctx.centered * _expand(grad, ctx.axes, ctx.keepdims) / ctx.divisor
+    def backward(ctx, dy):  # y = sum (x - mean)^2 / (n - ddof)  =>  dx = 2 (x - mean) dy / (n - ddof)
+        return 2 * ctx.centered * _expand(dy, ctx.axes, ctx.keepdims) / ctx.divisor
 
 
 def sum(x, axis=None, keepdims=False):
@@ -99,9 +107,16 @@ def mean(x, axis=None, keepdims=False):
 
 def max(x, axis=None, keepdims=False):
     """The largest value along ``axis``; like torch.amax, tied maxima share the gradient equally."""
+    if x.size == 0:
+        raise ValueError(f"max of an empty tensor (shape {x.shape}) has no value")
     return Max.apply(x, axis=axis, keepdims=keepdims)
 
 
 def var(x, axis=None, keepdims=False, ddof=0):
     """Variance along ``axis``; ``ddof=0`` as NumPy (torch.var defaults to ``correction=1``)."""
+    count = 1
+    for a in _axes(axis, x.ndim):
+        count *= x.shape[a]
+    if count - ddof <= 0:
+        raise ValueError(f"var: {count} values with ddof={ddof} leave no degrees of freedom")
     return Var.apply(x, axis=axis, keepdims=keepdims, ddof=ddof)

@@ -21,6 +21,8 @@ def _check_axis(op, axis, shape):
 
 
 class Reshape(Function):
+    """y = x with a new shape of the same size. Input: x (...). Output: y (shape). ctx keeps: x's shape. Backward: docs/derivations.md#moving-values-functionalshapepy."""
+
     @staticmethod
     def forward(ctx, x, shape):
         ctx.shape = x.shape
@@ -35,12 +37,11 @@ class Reshape(Function):
 
 
 class Permute(Function):
+    """y = x with its axes reordered: y's axis i is x's axis axes[i]. Input: x (...). Output: y (...).
+    ctx keeps: axes. Backward: docs/derivations.md#moving-values-functionalshapepy."""
+
     @staticmethod
     def forward(ctx, x, axes):
-        axes = tuple(_check_axis("permute", a, x.shape) for a in axes)
-        if sorted(axes) != list(range(x.ndim)):
-            raise ValueError(f"permute: axes {axes} are not a permutation of the {x.ndim} axes of {tuple(x.shape)}. "
-                             f"Fix: name each axis once, e.g. {tuple(reversed(range(x.ndim)))}.")
         ctx.axes = axes
         return x.transpose(axes)
 
@@ -62,6 +63,9 @@ def _raw_index(index):
 
 
 class GetItem(Function):
+    """y = x[index] (ints, slices, None, Ellipsis, integer or boolean arrays). Input: x (...). Output: y (...).
+    ctx keeps: x's shape and dtype, index. Backward: docs/derivations.md#moving-values-functionalshapepy."""
+
     @staticmethod
     def forward(ctx, x, index):
         ctx.shape, ctx.dtype, ctx.index = x.shape, x.dtype, index
@@ -83,21 +87,14 @@ class GetItem(Function):
 
 
 class Concatenate(Function):
+    """y = [x1, x2, ...] joined along ``axis``. Inputs: axis, then xs, equal off ``axis``. Output: y (...).
+    ctx keeps: axis, where each x ends along it. Backward: docs/derivations.md#moving-values-functionalshapepy."""
+
     @staticmethod
     def forward(ctx, axis, *xs):
-        xp = backend.array_module(xs[0])
-        shapes = ", ".join(str(tuple(x.shape)) for x in xs)
-        if len({x.ndim for x in xs}) > 1:
-            raise ValueError(f"concatenate: shapes {shapes} have different numbers of axes "
-                             f"({', '.join(str(x.ndim) for x in xs)}). Fix: reshape them to the same number of axes.")
-        axis = _check_axis("concatenate", axis, xs[0].shape)
         ctx.axis = axis
         ctx.bounds = np.cumsum([x.shape[axis] for x in xs])[:-1]
-        try:
-            return xp.concatenate(xs, axis=axis)
-        except ValueError:
-            raise ValueError(f"concatenate: shapes {shapes} differ off axis {axis}; "
-                             f"only the sizes along axis {axis} may differ.") from None
+        return backend.array_module(xs[0]).concatenate(xs, axis=axis)
 
     @staticmethod
     def backward(ctx, grad):  # y = [x1, x2, ...] along axis  =>  dx_k = the k-th slab of dy
@@ -106,17 +103,12 @@ class Concatenate(Function):
 
 
 class Where(Function):
+    """y = a where condition, else b. Inputs: condition (boolean), a, b, all broadcastable. Output: the broadcast shape.
+    ctx keeps: condition. Backward: docs/derivations.md#moving-values-functionalshapepy."""
+
     @staticmethod
     def forward(ctx, condition, a, b):
         xp = backend.array_module(condition)
-        shapes = [tuple(np.shape(v)) for v in (condition, a, b)]
-        try:
-            np.broadcast_shapes(*shapes)
-        except ValueError:
-            raise ValueError(
-                f"where: condition, a and b have shapes {shapes[0]}, {shapes[1]} and {shapes[2]} that cannot be broadcast "
-                "together (trailing dimensions must be equal or 1). Fix: reshape one input, e.g. add a size-1 axis."
-            ) from None
         ctx.condition = condition
         return xp.where(condition, a, b)
 
@@ -133,8 +125,13 @@ def reshape(x, *shape):
 
 
 def permute(x, *axes):
+    """x with its axes reordered, as torch.permute: x.permute(2, 0, 1) or x.permute((2, 0, 1))."""
     axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-    return Permute.apply(x, tuple(axes))
+    axes = tuple(_check_axis("permute", a, x.shape) for a in axes)
+    if sorted(axes) != list(range(x.ndim)):
+        raise ValueError(f"permute: axes {axes} are not a permutation of the {x.ndim} axes of {tuple(x.shape)}. "
+                         f"Fix: name each axis once, e.g. {tuple(reversed(range(x.ndim)))}.")
+    return Permute.apply(x, axes)
 
 
 def transpose(x, axis0=-2, axis1=-1):
@@ -155,6 +152,14 @@ def concatenate(xs, axis=0):
     xs = list(xs)
     if not xs:
         raise ValueError("concatenate: got no tensors to join. Fix: pass a list of at least one tensor.")
+    shapes = ", ".join(str(tuple(x.shape)) for x in xs)
+    if len({x.ndim for x in xs}) > 1:
+        raise ValueError(f"concatenate: shapes {shapes} have different numbers of axes "
+                         f"({', '.join(str(x.ndim) for x in xs)}). Fix: reshape them to the same number of axes.")
+    axis = _check_axis("concatenate", axis, xs[0].shape)
+    if len({x.shape[:axis] + x.shape[axis + 1:] for x in xs}) > 1:
+        raise ValueError(f"concatenate: shapes {shapes} differ off axis {axis}; "
+                         f"only the sizes along axis {axis} may differ.")
     return Concatenate.apply(axis, *xs)
 
 
@@ -188,6 +193,14 @@ def where(condition, a, b):
     condition = condition.data if isinstance(condition, Tensor) else backend.asarray(condition, like=like)
     a = a if isinstance(a, (Tensor, int, float)) else Tensor(a)
     b = b if isinstance(b, (Tensor, int, float)) else Tensor(b)
+    shapes = [tuple(np.shape(v)) for v in (condition, a, b)]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(
+            f"where: condition, a and b have shapes {shapes[0]}, {shapes[1]} and {shapes[2]} that cannot be broadcast "
+            "together (trailing dimensions must be equal or 1). Fix: reshape one input, e.g. add a size-1 axis."
+        ) from None
     return Where.apply(condition.astype(bool), a, b)
 
 

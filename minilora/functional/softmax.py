@@ -1,126 +1,106 @@
-"""softmax, log_softmax and cross_entropy (fused with log_softmax).
+"""softmax, log_softmax and cross_entropy (which takes log_softmax inside).
 
 Shapes: x (..., C) with the classes on ``axis`` (the last by default).
-cross_entropy: logits (N, C) or (B, T, C), targets (N,) or (B, T) of class ids.
+cross_entropy: logits (..., C), targets (...) of class ids.
+
+The softmax backward is a formula of its own, ``softmax_backward``: attention
+uses it too.
 """
-import numpy as np
-
 from .. import backend
-from ..autograd import Function, Tensor
+from ..autograd import Function
+from .ids import check_class_ids, ids_array
 
 
-def _log_softmax(x, axis):
+def log_softmax_forward(x, axis):
+    """log softmax(x) = x - log sum exp(x) along ``axis``, shifted by the max so that exp cannot overflow."""
     xp = backend.array_module(x)
-    shifted = x - x.max(axis=axis, keepdims=True)  # exp of a large logit would overflow; the shift cancels
+    shifted = x - x.max(axis=axis, keepdims=True)  # the shift cancels
     return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 
 
+def softmax_backward(y, dy, axis):
+    """y = softmax(x) along ``axis``  =>  dx = y (dy - sum(dy y)) (docs/derivations.md#softmax-and-the-loss-functionalsoftmaxpy)."""
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+
+
 class Softmax(Function):
+    """y = e^x / sum e^x along ``axis``. Input: x (...). Output: y (...). ctx keeps: y, axis.
+    Backward: docs/derivations.md#softmax-and-the-loss-functionalsoftmaxpy."""
+
     @staticmethod
     def forward(ctx, x, axis=-1):
-        xp = backend.array_module(x)
-        y = xp.exp(_log_softmax(x, axis))
+        y = backend.array_module(x).exp(log_softmax_forward(x, axis))
         ctx.y, ctx.axis = y, axis
         return y
 
     @staticmethod
-    def backward(ctx, grad):  # y = softmax(x)  =>  dx = y (dy - sum(dy y))
-        y = ctx.y
-        return y * (grad - (grad * y).sum(axis=ctx.axis, keepdims=True))
+    def backward(ctx, dy):
+        return softmax_backward(ctx.y, dy, ctx.axis)
 
 
 class LogSoftmax(Function):
+    """y = x - log sum e^x along ``axis``. Input: x (...). Output: y (...). ctx keeps: y, axis.
+    Backward: docs/derivations.md#softmax-and-the-loss-functionalsoftmaxpy."""
+
     @staticmethod
     def forward(ctx, x, axis=-1):
-        y = _log_softmax(x, axis)
+        y = log_softmax_forward(x, axis)
         ctx.y, ctx.axis = y, axis
         return y
 
     @staticmethod
-    def backward(ctx, grad):  # y = x - logsumexp(x)  =>  dx = dy - softmax(x) sum(dy)
-        xp = backend.array_module(grad)
-        return grad - xp.exp(ctx.y) * grad.sum(axis=ctx.axis, keepdims=True)
-
-
-def ids_array(ids):
-    """Integer ids as an array, left where they are: a Tensor gives its array, a list becomes a NumPy array."""
-    ids = ids.data if isinstance(ids, Tensor) else ids
-    return ids if hasattr(ids, "dtype") else np.asarray(ids)
-
-
-def check_class_ids(op, ids, num_classes, ignore_index=None):
-    """Raise IndexError naming the bad ids: CuPy would silently wrap them around instead.
-
-    Checking host ids costs nothing; checking ids already on the GPU must wait
-    for the GPU. So the ops check ids *before* moving them: a training loop that
-    feeds host batches never waits.
-    """
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"{op}: ids must be integers, got dtype {ids.dtype}")
-    valid = (ids >= 0) & (ids < num_classes)
-    if ignore_index is not None:
-        valid |= ids == ignore_index
-    if not bool(valid.all()):
-        bad = backend.to_numpy(ids[~valid])
-        raise IndexError(
-            f"{op}: ids {sorted(set(bad.tolist()))[:10]} are outside [0, {num_classes}); "
-            f"{bad.size} of {ids.size} positions are bad. Fix: check the tokenizer/vocabulary size"
-            + (f" or mark ignored positions with {ignore_index}." if ignore_index is not None else ".")
-        )
-
-
-def reduce_losses(ctx, losses, keep, reduction, shape):
-    """Per-row losses (N,) -> the mean over kept rows, their sum, or all of them in ``shape``; ctx keeps what backward needs."""
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    ctx.keep, ctx.reduction = keep, reduction
-    if reduction == "mean":
-        xp = backend.array_module(losses)
-        ctx.count = xp.maximum(keep.sum(), 1).astype(losses.dtype)  # an int count would promote float32 to float64
-        return losses.sum() / ctx.count
-    return losses.sum() if reduction == "sum" else losses.reshape(shape)
-
-
-def loss_gradient_per_row(ctx, grad):
-    """d(reduced loss)/d(loss_n) times the upstream ``grad``, for each row n: (N,), zero for ignored rows."""
-    if ctx.reduction == "none":
-        return grad.reshape(-1) * ctx.keep
-    if ctx.reduction == "mean":
-        return grad * ctx.keep / ctx.count
-    return grad * ctx.keep
+    def backward(ctx, dy):  # y = x - logsumexp(x)  =>  dx = dy - softmax(x) sum(dy)
+        xp = backend.array_module(dy)
+        return dy - xp.exp(ctx.y) * dy.sum(axis=ctx.axis, keepdims=True)
 
 
 class CrossEntropy(Function):
+    """loss_n = -log softmax(logits_n)[t_n] for each row n, then the mean over the rows not ignored (or sum, or none).
+
+    Inputs: logits (..., C), targets (...) of class ids, where ``ignore_index`` marks rows that count for nothing.
+    Output: the loss, () for "mean" and "sum", targets' shape for "none".
+    ctx keeps: logp = log softmax(logits) (N, C), the targets (N,), keep (N,), count, reduction (N rows in all).
+    Backward: docs/derivations.md#softmax-and-the-loss-functionalsoftmaxpy.
+    """
+
     @staticmethod
     def forward(ctx, logits, targets, ignore_index=-100, reduction="mean"):
         xp = backend.array_module(logits)
-        num_classes = logits.shape[-1]
-        if targets.shape != logits.shape[:-1]:
-            raise ValueError(
-                f"cross_entropy: targets of shape {tuple(targets.shape)} do not match logits "
-                f"{tuple(logits.shape)}; expected targets of shape {tuple(logits.shape[:-1])}"
-            )
-        logits2d = logits.reshape(-1, num_classes)  # (N, C)
-        targets1d = targets.reshape(-1)  # (N,)
-        keep = targets1d != ignore_index  # (N,)
-        safe_targets = xp.where(keep, targets1d, 0)
-        logp = _log_softmax(logits2d, -1)  # (N, C)
-        losses = -logp[xp.arange(len(targets1d)), safe_targets] * keep  # (N,)
-        ctx.logp, ctx.targets, ctx.shape = logp, safe_targets, logits.shape
-        return reduce_losses(ctx, losses, keep, reduction, targets.shape)
+        logits = logits.reshape(-1, logits.shape[-1])  # (N, C)
+        keep = targets.reshape(-1) != ignore_index  # (N,)
+        t = xp.where(keep, targets.reshape(-1), 0)  # (N,): an ignored row picks class 0, then counts 0
+        rows = xp.arange(len(t))
+        # 1. log-probabilities
+        logp = log_softmax_forward(logits, axis=-1)  # (N, C)
+        # 2. each row's loss: minus the log-probability of its target
+        losses = -logp[rows, t] * keep  # (N,)
+        # 3. reduce: the mean over kept rows (an int count would promote float32 to float64)
+        count = xp.maximum(keep.sum(), 1).astype(logp.dtype)
+        ctx.logp, ctx.t, ctx.keep, ctx.count, ctx.reduction, ctx.shape = logp, t, keep, count, reduction, targets.shape
+        if reduction == "none":
+            return losses.reshape(targets.shape)
+        return losses.sum() / count if reduction == "mean" else losses.sum()
 
     @staticmethod
-    def backward(ctx, grad):
-        # loss_n = -logp[n, t_n]  =>  dlogits[n] = (softmax(logits[n]) - onehot(t_n)) dloss_n
-        xp = backend.array_module(grad)
-        dlogits = xp.exp(ctx.logp)  # (N, C)
-        dlogits[xp.arange(len(ctx.targets)), ctx.targets] -= 1
-        dlogits *= loss_gradient_per_row(ctx, grad)[:, None]
-        return dlogits.reshape(ctx.shape), None
+    def backward(ctx, dloss):
+        xp = backend.array_module(dloss)
+        logp, t, keep = ctx.logp, ctx.t, ctx.keep
+        # 3. loss = sum_n loss_n / count  =>  dloss_n = dloss / count; ignored rows get nothing
+        if ctx.reduction == "mean":
+            dlosses = dloss / ctx.count * keep  # (N,)
+        elif ctx.reduction == "sum":
+            dlosses = dloss * keep
+        else:
+            dlosses = dloss.reshape(-1) * keep
+        # 2.-1. loss_n = -logp[n, t_n]  =>  dlogits[n] = (softmax(logits_n) - onehot(t_n)) dloss_n
+        probs_minus_onehot = xp.exp(logp)  # (N, C)
+        probs_minus_onehot[xp.arange(len(t)), t] -= 1
+        dlogits = probs_minus_onehot * dlosses[:, None]  # (N, C)
+        return dlogits.reshape(ctx.shape + (logp.shape[-1],)), None
 
 
 def softmax(x, axis=-1):
-    return backend.fused_or_reference(Softmax, x.data).apply(x, axis=axis)
+    return Softmax.apply(x, axis=axis)
 
 
 def log_softmax(x, axis=-1):
@@ -128,9 +108,17 @@ def log_softmax(x, axis=-1):
 
 
 def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
-    """Mean negative log-likelihood of ``targets`` under softmax(``logits``), skipping ``ignore_index``."""
-    targets = ids_array(targets)
-    check_class_ids("cross_entropy", targets, logits.shape[-1], ignore_index)
-    cross_entropy_fn = backend.fused_or_reference(CrossEntropy, logits.data)
-    return cross_entropy_fn.apply(logits, backend.asarray(targets, like=logits.data), ignore_index=ignore_index, reduction=reduction)
+    """Mean negative log-likelihood of ``targets`` under softmax(``logits``), skipping ``ignore_index``.
 
+    logits (..., C), targets (...) of class ids in [0, C) or ``ignore_index``.
+    """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    targets = ids_array(targets)
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"cross_entropy: targets of shape {tuple(targets.shape)} do not match logits "
+            f"{tuple(logits.shape)}; expected targets of shape {tuple(logits.shape[:-1])}"
+        )
+    check_class_ids("cross_entropy", targets, logits.shape[-1], ignore_index)
+    return CrossEntropy.apply(logits, backend.asarray(targets, like=logits.data), ignore_index=ignore_index, reduction=reduction)

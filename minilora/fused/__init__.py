@@ -1,43 +1,62 @@
-"""Fused CuPy kernels for the memory-bound ops, used automatically for arrays on the GPU.
+"""The fast paths: variants of reference ops that run in their place, registered with autograd.register_fast.
 
-Each fused Function takes the same inputs and gives the same outputs and
-gradients as its reference in minilora.functional (the code the docs derive),
-in fewer passes over memory and with less kept for the backward:
+Each fast Function subclasses its reference in minilora.functional (the code
+the docs derive), takes the same inputs and gives the same outputs and
+gradients, in fewer passes over memory and with less kept for the backward.
+
+On the GPU (CuPy), kernels for the memory-bound ops:
 
     softmax.py        FusedSoftmax                     one warp per row, max / sum / write
     attention.py      FusedScaledDotProductAttention   scale + causal mask + softmax in place
     layer_norm.py     FusedLayerNorm                   keeps mean and 1/std per row, not xhat
     gelu.py           FusedGeluTanh                    one ElementwiseKernel each way
     cross_entropy.py  FusedCrossEntropy                keeps log-sum-exp per row, not log-softmax
-    scatter.py        scatter_add_rows                 the Embedding backward, deterministic, no host wait
+    linear.py         RowSumLinear                     the bias gradient as a cuBLAS matrix-vector product
     adamw.py          fused_adamw_update               AdamW's eleven array operations in one kernel
 
-``backend.fused_or_reference(Reference, array)`` picks the fused Function (or function) for
-CuPy arrays and the reference for NumPy ones. tests/test_fused.py checks every
-fused Function against its reference on the GPU, and gradient-checks it in
-float64. Importing this package needs no GPU; the kernels compile on first use.
+On the CPU (NumPy), only where it measurably pays (docs/performance.md):
+
+    cpu.py            InPlaceGeluTanh, InPlaceScaledDotProductAttention   in one or two buffers, no temporaries
+
+``Function.apply`` runs the variant registered for its inputs' backend;
+``minilora.reference_ops()`` (or MINILORA_REFERENCE_OPS=1) turns them all off.
+tests/test_fused.py (GPU) and tests/test_fused_cpu.py check every variant
+against its reference and gradient-check it in float64. Importing this package needs no GPU; the
+kernels compile on first use.
 """
+from ..autograd import register_fast
 from ..functional.attention import ScaledDotProductAttention
 from ..functional.elementwise import GeluTanh
+from ..functional.linalg import Linear
 from ..functional.norm import LayerNorm
 from ..functional.softmax import CrossEntropy, Softmax
 from ..optim import adamw_update
 from .adamw import fused_adamw_update
 from .attention import FusedScaledDotProductAttention
+from .cpu import InPlaceGeluTanh, InPlaceScaledDotProductAttention
 from .cross_entropy import FusedCrossEntropy
 from .gelu import FusedGeluTanh
 from .layer_norm import FusedLayerNorm
-from .scatter import scatter_add_rows
+from .linear import RowSumLinear
 from .softmax import FusedSoftmax
 
-FUSED = {
+FUSED = {  # reference -> its CuPy variant
     Softmax: FusedSoftmax,
     ScaledDotProductAttention: FusedScaledDotProductAttention,
     LayerNorm: FusedLayerNorm,
     GeluTanh: FusedGeluTanh,
     CrossEntropy: FusedCrossEntropy,
+    Linear: RowSumLinear,
     adamw_update: fused_adamw_update,
 }
+CPU = {  # reference -> its NumPy variant
+    GeluTanh: InPlaceGeluTanh,
+    ScaledDotProductAttention: InPlaceScaledDotProductAttention,
+}
+for _reference, _fast in FUSED.items():
+    register_fast(_reference, _fast, "cupy")
+for _reference, _fast in CPU.items():
+    register_fast(_reference, _fast, "numpy")
 
-__all__ = ["FUSED", "FusedSoftmax", "FusedScaledDotProductAttention", "FusedLayerNorm", "FusedGeluTanh",
-           "FusedCrossEntropy", "fused_adamw_update", "scatter_add_rows"]
+__all__ = ["FUSED", "CPU", "InPlaceGeluTanh", "InPlaceScaledDotProductAttention", "FusedSoftmax", "FusedScaledDotProductAttention", "FusedLayerNorm", "FusedGeluTanh",
+           "FusedCrossEntropy", "RowSumLinear", "fused_adamw_update"]

@@ -5,6 +5,7 @@ eleven kernel launches per parameter; for GPT-2's 148 parameter arrays that
 is 1,600 launches a step, whose launch cost the host pays one by one.
 """
 import functools
+import math
 
 from .. import backend
 
@@ -24,8 +25,9 @@ def _kernel():
         "minilora_adamw_update")
 
 
-def fused_adamw_update(p, g, m, v, decay, beta1, beta2, step_size, bias2_sqrt, eps):
+def fused_adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
     """minilora.optim.adamw_update in one kernel, for CuPy arrays of one float dtype."""
+    decay, step_size, bias2_sqrt = 1 - lr * weight_decay, lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t)
     dtype = p.dtype.type
     g = backend.array_module(p).asarray(g, dtype=p.dtype)
     _kernel()(g, dtype(decay), dtype(beta1), dtype(beta2), dtype(step_size), dtype(bias2_sqrt), dtype(eps), p, m, v)

@@ -10,7 +10,7 @@ import functools
 import numpy as np
 
 from .. import backend
-from ..functional.softmax import CrossEntropy, loss_gradient_per_row, reduce_losses
+from ..functional.softmax import CrossEntropy
 from ._cuda import fusable, launch_rows, row_kernel
 
 SOURCE = r"""
@@ -51,8 +51,8 @@ class FusedCrossEntropy(CrossEntropy):
 
     @staticmethod
     def forward(ctx, logits, targets, ignore_index=-100, reduction="mean"):
-        ctx.fused = fusable(logits) and targets.shape == logits.shape[:-1]
-        if not ctx.fused:  # a targets shape that does not fit goes to the reference, which names it
+        ctx.fused = fusable(logits)
+        if not ctx.fused:
             return CrossEntropy.forward(ctx, logits, targets, ignore_index, reduction)
         cupy = backend.array_module(logits)
         classes = logits.shape[-1]
@@ -62,14 +62,25 @@ class FusedCrossEntropy(CrossEntropy):
         losses, lse = cupy.empty(rows, dtype=logits.dtype), cupy.empty(rows, dtype=logits.dtype)  # (N,) each
         launch_rows(row_kernel(SOURCE, "cross_entropy_forward", logits.dtype), rows, logits2d, targets1d, losses, lse,
                     np.int32(rows), np.int32(classes), np.int64(ignore_index))
-        ctx.logits2d, ctx.lse, ctx.targets, ctx.shape = logits2d, lse, targets1d, logits.shape
-        return reduce_losses(ctx, losses, targets1d != ignore_index, reduction, targets.shape)
+        # the reduction, as the reference's step 3
+        keep = targets1d != ignore_index  # (N,)
+        count = cupy.maximum(keep.sum(), 1).astype(logits.dtype)
+        ctx.logits2d, ctx.lse, ctx.targets, ctx.keep, ctx.count = logits2d, lse, targets1d, keep, count
+        ctx.reduction, ctx.shape = reduction, logits.shape
+        if reduction == "none":
+            return losses.reshape(targets.shape)
+        return losses.sum() / count if reduction == "mean" else losses.sum()
 
     @staticmethod
     def backward(ctx, grad):
         if not ctx.fused:
             return CrossEntropy.backward(ctx, grad)
-        dloss = loss_gradient_per_row(ctx, grad)  # (N,)
+        if ctx.reduction == "mean":  # the reference's step 3: each row's share of the loss, none for ignored rows
+            dloss = grad / ctx.count * ctx.keep  # (N,)
+        elif ctx.reduction == "sum":
+            dloss = grad * ctx.keep
+        else:
+            dloss = grad.reshape(-1) * ctx.keep
         classes = ctx.shape[-1]
         dlogits = _backward_kernel()(
             ctx.logits2d, ctx.lse[:, None], ctx.targets[:, None], dloss.astype(ctx.lse.dtype)[:, None], np.int64(classes))

@@ -9,10 +9,10 @@ Read in this order:
     peft_gpt2.py the PEFT file layout for GPT-2's fused c_attn
 """
 from .config import LoraConfig
-from .files import adapter_size, from_pretrained, load_adapter, read_adapter, save_adapter
+from .files import adapter_size, load_adapter, read_adapter, save_adapter
 from .function import LoRALinearFunction, lora_linear
 from .layer import LoRALinear
-from .model import LoraModel, count_parameters, get_peft_model, lora_layers, mark_only_lora_as_trainable
+from .model import LoraModel, count_parameters, from_pretrained, get_peft_model, lora_layers, mark_only_lora_as_trainable
 from .peft_gpt2 import from_peft_gpt2, load_peft_gpt2, save_peft_gpt2, to_peft_gpt2
 
 __all__ = [

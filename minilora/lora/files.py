@@ -14,7 +14,7 @@ import numpy as np
 from .. import backend
 from ..io import load_json, load_safetensors, save_json, save_safetensors
 from .config import LoraConfig
-from .model import LoraModel, find_target_names, lora_layers
+from .targets import find_target_names, lora_layers
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -109,15 +109,6 @@ def load_adapter(lora_model, path, adapter_name):
     config, arrays = read_adapter(path)
     check_adapter_fits(lora_model.model, config, arrays, source=path)
     lora_model.add_adapter(adapter_name, config)
-    copy_adapter_arrays(lora_model, adapter_name, arrays)
-    return lora_model
-
-
-def from_pretrained(model, path, adapter_name="default"):
-    """Wrap a plain ``model`` with the adapter saved in ``path``, active (PEFT's PeftModel.from_pretrained)."""
-    config, arrays = read_adapter(path)
-    check_adapter_fits(model, config, arrays, source=path)
-    lora_model = LoraModel(model, config, adapter_name)
     copy_adapter_arrays(lora_model, adapter_name, arrays)
     return lora_model
 

@@ -13,12 +13,9 @@ import dataclasses
 from .. import backend
 from ..nn import Linear, Module, Parameter
 from .config import LoraConfig
+from .files import adapter_size, check_adapter_fits, copy_adapter_arrays, load_adapter, read_adapter, save_adapter
 from .layer import LoRALinear, check_adapter_name
-
-
-def lora_layers(model):
-    """(name, LoRALinear) for every adapted layer of ``model``."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+from .targets import find_target_names, lora_layers
 
 
 def mark_only_lora_as_trainable(model, bias="none"):
@@ -43,39 +40,6 @@ def count_parameters(model):
         total += p.size
         trainable += p.size if p.requires_grad else 0
     return trainable, total
-
-
-def _output_head(model):
-    """The module that maps hidden states to the vocabulary, which "all-linear" leaves alone (as PEFT)."""
-    getter = getattr(model, "get_output_embeddings", None)
-    return getter() if callable(getter) else None
-
-
-def find_target_names(model, config):
-    """Names of the Linear layers ``config`` selects; an empty selection is an error listing what exists."""
-    head = _output_head(model)
-    wrapped = {name for name, _ in lora_layers(model)}
-    targets, linear, other = [], [], []
-    for name, m in model.named_modules():
-        if name.endswith(".base_layer") and name[: -len(".base_layer")] in wrapped:
-            continue  # the Linear inside a LoRALinear is reached through the LoRALinear
-        is_linear = isinstance(m, (Linear, LoRALinear))
-        if is_linear:
-            linear.append(name)
-        if not name or not config.targets(name):
-            continue
-        if not is_linear:
-            other.append(f"{name} ({type(m).__name__})")
-        elif not (config.target_modules == "all-linear" and (m is head or name.split(".")[-1] == "lm_head")):
-            targets.append(name)
-    if not targets:
-        extra = f" It matched only modules that are not Linear: {other}." if other else ""
-        raise ValueError(
-            f"target_modules={config.target_modules!r} (exclude_modules={config.exclude_modules!r}) matches no Linear "
-            f"layer.{extra} The model's Linear layers are: {linear}. Fix: use suffixes of these names "
-            "(e.g. ['q', 'v']), a regex matching whole names, or 'all-linear'."
-        )
-    return targets
 
 
 def _set_submodule(model, name, module):
@@ -272,27 +236,32 @@ class LoraModel(Module):
         return self.model
 
 
-    # ---- files (minilora.lora.files; imported here because that module imports this one) ----
+    # ---- files (minilora.lora.files) ----
     def save_pretrained(self, path, adapter_name=None):
         """Write only the adapter: adapter_model.safetensors + adapter_config.json."""
-        from .files import save_adapter
         return save_adapter(self, path, adapter_name)
 
     def load_adapter(self, path, adapter_name):
         """Add a saved adapter under ``adapter_name``; set_adapter(adapter_name) to use it."""
-        from .files import load_adapter
         return load_adapter(self, path, adapter_name)
 
     @classmethod
     def from_pretrained(cls, model, path, adapter_name="default"):
         """Wrap ``model`` with a saved adapter, active."""
-        from .files import from_pretrained
         return from_pretrained(model, path, adapter_name)
 
     def adapter_size(self, adapter_name=None):
         """{"adapter_bytes", "full_bytes", "ratio"}: the adapter file's payload beside a full checkpoint's."""
-        from .files import adapter_size
         return adapter_size(self, adapter_name)
+
+
+def from_pretrained(model, path, adapter_name="default"):
+    """Wrap a plain ``model`` with the adapter saved in ``path``, active (PEFT's PeftModel.from_pretrained)."""
+    config, arrays = read_adapter(path)
+    check_adapter_fits(model, config, arrays, source=path)
+    lora_model = LoraModel(model, config, adapter_name)
+    copy_adapter_arrays(lora_model, adapter_name, arrays)
+    return lora_model
 
 
 def get_peft_model(model, config, adapter_name="default", rng=None):

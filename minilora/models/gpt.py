@@ -41,6 +41,8 @@ class GPTConfig:
 class GPT(Module):
     """A GPT language model. ``GPT(config)(idx, targets)`` -> (logits (B, T, V), loss or None)."""
 
+    config_class = GPTConfig  # what from_pretrained builds from a config.json (transformers' name)
+
     def __init__(self, config):
         super().__init__()
         self.config = config

@@ -29,15 +29,14 @@ import os
 import numpy as np
 
 from .. import backend, io
-from .gpt import GPTConfig
 
 WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # the same function: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
-def config_from_hf(hf, path="config.json"):
-    """A GPTConfig from a GPT-2 config.json dict; every setting our GPT cannot compute is listed in one error."""
+def config_from_hf(hf, config_class, path="config.json"):
+    """A ``config_class`` (GPTConfig) from a GPT-2 config.json dict; every setting our GPT cannot compute is listed in one error."""
     fix = "Fix: restore it from the model's source (or save the model again with save_pretrained), or point to an intact copy."
     if not isinstance(hf, dict):
         raise ValueError(f"{path} is damaged: it holds a JSON {type(hf).__name__}, not an object. {fix}")
@@ -63,7 +62,7 @@ def config_from_hf(hf, path="config.json"):
             f"{path}: this GPT-2 variant is not supported: " + "; ".join(problems)
             + ". minilora's GPT computes plain GPT-2 only. Fix: use a checkpoint with GPT-2's standard settings."
         )
-    return GPTConfig(
+    return config_class(
         n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], block_size=hf["n_positions"],
         vocab_size=hf["vocab_size"], dropout=hf.get("resid_pdrop", 0.1), bias=True,
         tie_weights=hf.get("tie_word_embeddings", True), layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
@@ -179,7 +178,7 @@ def minilora_to_hf(state, c):
 
 
 def load_gpt2(cls, path, dtype=None):
-    """Build ``cls(config)`` from a GPT-2 folder and fill in its weights; the model comes back in eval mode.
+    """Build ``cls(config)`` (config a ``cls.config_class``) from a GPT-2 folder and fill in its weights; the model comes back in eval mode.
 
     Everything is read and checked before the model is built, so a bad folder
     raises (naming every problem) and leaves nothing half-loaded.
@@ -193,7 +192,7 @@ def load_gpt2(cls, path, dtype=None):
                 "(sharded and pytorch_model.bin checkpoints are not read). Fix: save it with "
                 "save_pretrained(path, safe_serialization=True)."
             )
-    config = config_from_hf(io.load_json(config_path), config_path)
+    config = config_from_hf(io.load_json(config_path), cls.config_class, config_path)
     tensors, _ = io.load_safetensors(weights_path)
     state = hf_to_minilora(check_hf_tensors(tensors, config, weights_path), config)
     model = cls(config)
