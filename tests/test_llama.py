@@ -158,7 +158,7 @@ def test_from_pretrained_names_what_it_cannot_read(tmp_path):
     hf = {"model_type": "llama", "hidden_act": "gelu", "attention_bias": True, "rope_scaling": {"rope_type": "llama3"},
           "hidden_size": 32, "num_attention_heads": 4}
     with pytest.raises(ValueError, match=r"hidden_act='gelu'.*attention_bias=True.*'llama3'.*Fix"):
-        config_from_hf(hf)
+        config_from_hf(hf, LlamaConfig)
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(ValueError, match=r"missing field\(s\) \['vocab_size'"):
         Llama.from_pretrained(tmp_path)

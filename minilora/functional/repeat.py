@@ -9,7 +9,9 @@ from ..autograd import Function
 
 
 class RepeatInterleave(Function):
-    """x (..., N, ...) -> y (..., N * repeats, ...) along ``axis`` (non-negative); ctx keeps the axis and repeats."""
+    """y = each slice of x along ``axis`` repeated ``repeats`` times in place (1 1 2 2 3 3).
+    Input: x (..., N, ...), repeats, axis (non-negative). Output: y (..., N * repeats, ...).
+    ctx keeps: axis, repeats. Backward: docs/llama.md#grouped-query-attention."""
 
     @staticmethod
     def forward(ctx, x, repeats, axis):

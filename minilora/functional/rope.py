@@ -32,7 +32,10 @@ def rotate_half(x):
 
 
 class RoPE(Function):
-    """y = x cos + rotate_half(x) sin.  x (..., T, D) -> y (..., T, D); ctx keeps cos, sin (T, D)."""
+    """y = x cos + rotate_half(x) sin, each pair of channels turned by its angle at its position.
+    Input: x (..., T, D), theta (the base of the angles), offset (the position of x's first row).
+    Output: y (..., T, D). ctx keeps: cos, sin (T, D).
+    Backward: docs/llama.md#rope."""
 
     @staticmethod
     def forward(ctx, x, theta, offset):

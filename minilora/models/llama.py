@@ -153,6 +153,8 @@ class LlamaModel(Module):
 class Llama(Module):
     """A Llama language model, transformers' LlamaForCausalLM. ``Llama(config)(idx, targets)`` -> (logits (B, T, V), loss or None)."""
 
+    config_class = LlamaConfig  # what the loaders build from a config.json or GGUF metadata (transformers' name)
+
     def __init__(self, config, init_weights=True):
         """init_weights=False skips transformers' init (a loader that overwrites every weight saves its time)."""
         super().__init__()

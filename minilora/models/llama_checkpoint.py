@@ -8,11 +8,10 @@ Published Llama checkpoints are mostly bfloat16; io.load_safetensors widens them
 import os
 
 from .. import backend, io
-from .llama import LlamaConfig
 
 
-def config_from_hf(hf, path="config.json"):
-    """A LlamaConfig from a config.json dict; every setting our Llama cannot compute is listed in one error."""
+def config_from_hf(hf, config_class, path="config.json"):
+    """A ``config_class`` (LlamaConfig) from a config.json dict; every setting our Llama cannot compute is listed in one error."""
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     needed = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
     missing = [k for k in needed if k not in hf]
@@ -31,7 +30,7 @@ def config_from_hf(hf, path="config.json"):
     if problems:
         raise ValueError(f"{path}: this Llama variant is not supported: " + "; ".join(problems)
                          + ". Fix: use a checkpoint with Llama's standard settings.")
-    return LlamaConfig(
+    return config_class(
         vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], intermediate_size=hf["intermediate_size"],
         num_hidden_layers=hf["num_hidden_layers"], num_attention_heads=hf["num_attention_heads"],
         num_key_value_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
@@ -47,7 +46,7 @@ def load_llama(cls, path, dtype=None):
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{config_path} does not exist. Fix: point to a Hugging Face model folder.")
-    config = config_from_hf(io.load_json(config_path), config_path)
+    config = config_from_hf(io.load_json(config_path), cls.config_class, config_path)
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         files = sorted(set(io.load_json(index)["weight_map"].values()))

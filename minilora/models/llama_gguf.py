@@ -67,9 +67,8 @@ def metadata(reader):
     return {key: field.contents() for key, field in reader.fields.items() if key not in skip}
 
 
-def llama_config(reader, path):
-    """The LlamaConfig the metadata describes; a clear error for a file of another architecture."""
-    from .llama import LlamaConfig
+def llama_config(reader, config_class, path):
+    """The ``config_class`` (LlamaConfig) the metadata describes; a clear error for a file of another architecture."""
     meta = metadata(reader)
     arch = meta.get("general.architecture")
     if arch != "llama":
@@ -86,7 +85,7 @@ def llama_config(reader, path):
     values["tie_word_embeddings"] = not any(t.name == "output.weight" for t in reader.tensors)
     if any(t.name == "rope_freqs.weight" for t in reader.tensors):
         raise ValueError(f"{path}: this model scales its RoPE frequencies (rope_freqs, Llama 3.1 style), which minilora's rope does not do.")
-    config = LlamaConfig(**values)
+    config = config_class(**values)
     rope_dims = meta.get("llama.rope.dimension_count", config.head_dim)
     if rope_dims != config.head_dim:
         raise ValueError(f"{path}: RoPE turns {rope_dims} of {config.head_dim} channels per head; minilora's rope turns them all.")
@@ -123,7 +122,7 @@ def unpermute_rope_rows(weight, n_head):
 def load_llama_gguf(cls, path, dtype=None):
     """A Llama with the weights of the GGUF file at ``path``, in ``dtype``, in eval mode."""
     reader = open_gguf(path)
-    config = llama_config(reader, path)
+    config = llama_config(reader, cls.config_class, path)
     with backend.using_default_dtype(dtype or backend.get_default_dtype()):
         model = cls(config, init_weights=False)
     state = {}
