@@ -77,8 +77,13 @@ METHODS = (
     Method("LoRA r=8 (q, v)", "lora_r8", lr=3e-3, steps=700, lora=LoraConfig(r=8, lora_alpha=16, target_modules=["q", "v"])),
     Method("LoRA r=1 (q, v)", "lora_r1", lr=1e-2, steps=700, lora=LoraConfig(r=1, lora_alpha=16, target_modules=["q", "v"])),
 )
-# The same search with --no-task-text (pretraining on the corpus alone); None until it has been run.
-METHODS_NO_TASK_TEXT = None
+# The same search with --no-task-text (pretraining on the corpus alone), same command, machine and date plus
+# --no-task-text; validation BLEU 98.8, 84.3, 11.1. LoRA r=8 needs more steps when pretraining never saw the targets.
+METHODS_NO_TASK_TEXT = (
+    Method("full fine-tuning", "full", lr=3e-4, steps=600),
+    Method("LoRA r=8 (q, v)", "lora_r8", lr=3e-3, steps=1100, lora=LoraConfig(r=8, lora_alpha=16, target_modules=["q", "v"])),
+    Method("LoRA r=1 (q, v)", "lora_r1", lr=1e-2, steps=700, lora=LoraConfig(r=1, lora_alpha=16, target_modules=["q", "v"])),
+)
 BASE = "base (no tuning)"
 CONSTANT = 'constant "<Name> is a place."'
 BUDGETS = {"val": "best on validation", "steps": "equal steps", "time": "equal time"}
@@ -205,7 +210,7 @@ def task_splits():
 def recipe(args):
     """The methods with the learning rates and steps to use: the searched ones, or --finetune-steps for all."""
     methods = METHODS
-    if getattr(args, "no_task_text", False) and METHODS_NO_TASK_TEXT is not None:
+    if getattr(args, "no_task_text", False):
         methods = METHODS_NO_TASK_TEXT
     if args.finetune_steps:
         methods = tuple(dataclasses.replace(m, steps=args.finetune_steps) for m in methods)
