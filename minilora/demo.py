@@ -503,7 +503,7 @@ def quality_rows(results):
         for name, settings in results["methods"].items():
             rows = gather(name, budget)
             lines.append([name, BUDGETS[budget], f"{settings['lr']:g}", str(rows[0]["steps"]),
-                          _spread([r["train_s"] for r in rows]), _spread([r["bleu"] for r in rows]),
+                          _spread([r["train_s"] for r in rows], 0), _spread([r["bleu"] for r in rows]),
                           _spread([r["exact_match"] for r in rows])])
     return lines, seeds
 
