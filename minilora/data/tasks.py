@@ -95,7 +95,7 @@ def meaning_representation(name, food=None, area=None, price=None, family=None):
 
 
 def e2e_task(seed=0, n_train=806, n_validation=200, n_test=300, max_len=65):
-    """Data-to-text in the style of the E2E NLG challenge, one to five references per input.
+    """Data-to-text in the style of the E2E NLG challenge, one to four references per input.
 
     Every restaurant name meets every combination of the optional attributes
     food, area, price and family (at least one present); references longer
