@@ -128,10 +128,11 @@ def test_latency_notes_claim_only_what_the_spread_shows():
 
 @pytest.mark.slow
 def test_demo_defaults_reproduce_the_documented_comparison(tmp_path):
-    """The demo's defaults, end to end (about 8 minutes on 2 CPU cores), against docs/demo.md's GPU figures.
+    """The demo's defaults, end to end (8-11 minutes on 2 idle CPU cores), against docs/demo.md's figures.
 
     Measured over 3 seeds on a GPU: full fine-tuning 96.3 (94.8-98.0) test BLEU, LoRA r=8 (q, v) 88.3 (86.3-90.0),
-    LoRA r=1 18.1 (14.0-21.5), the constant output 25.2, the base 0.8; seed 0 alone 98.0, 86.3, 18.8. The bounds below leave room for the seed
+    LoRA r=1 18.1 (14.0-21.5), the constant output 25.2, the base 0.8; seed 0 alone 98.0, 86.3, 18.8.
+    On 2 CPU cores (NumPy), seed 0: 99.0, 83.1, 19.5, constant 25.2, base 0.3. The bounds below leave room for the seed
     and for float rounding (CPU and GPU sum in different orders), but not for LoRA r=8 failing to learn the task.
     """
     results = run_demo(demo_args("--out", str(tmp_path)))
@@ -142,5 +143,5 @@ def test_demo_defaults_reproduce_the_documented_comparison(tmp_path):
     assert constant["bleu"] == pytest.approx(25.2, abs=0.05)  # fixed outputs, fixed test split
     assert full["bleu"] >= 80, full["bleu"]  # a constant learning rate can end on a poor checkpoint (84.8 once)
     assert lora8["bleu"] >= constant["bleu"] + 40 and lora8["bleu"] >= base["bleu"] + 40, (lora8["bleu"], constant["bleu"])
-    assert full["bleu"] - lora8["bleu"] < 20, (full["bleu"], lora8["bleu"])  # measured 4.8 to 11.6 over 3 seeds
+    assert full["bleu"] - lora8["bleu"] < 25, (full["bleu"], lora8["bleu"])  # 4.8 to 11.6 on the GPU, 15.9 on 2 CPU cores
     assert lora1["bleu"] < lora8["bleu"] - 40, (lora1["bleu"], lora8["bleu"])
