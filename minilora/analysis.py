@@ -1,7 +1,9 @@
 """The paper's Section 7 tools, and what LoRA saves per layer.
 
 subspace_similarity   how much two adapters' A matrices share the same input directions
+random_subspace_similarity   the same for two random Gaussian matrices: the chance level
 amplification         how strongly ΔW boosts directions that W0 already has
+projection_norms      Table 7: how much of W lies in ΔW's, W's own and random top directions
 linear_layer_costs    FLOPs and memory of one d x k layer: full fine-tuning against LoRA
 
 All functions take arrays of either backend (or Tensors) and compute on the
@@ -51,6 +53,17 @@ def phi(A1, A2, i, j):
     return float(grid[i - 1, j - 1])
 
 
+def random_subspace_similarity(r1, r2, k, rng=None):
+    """subspace_similarity of two random Gaussian matrices (r1, k) and (r2, k): the chance level.
+
+    Two random subspaces of R^k of dimensions i <= j overlap by E ‖U1_iᵀ U2_j‖_F² = i j / k
+    (each of U1_i's unit vectors keeps j / k of its squared length in U2_j), so
+    E φ(i, j) = max(i, j) / k. An overlap of learned adapters means something only above this.
+    """
+    rng = np.random.default_rng(rng)
+    return subspace_similarity(rng.standard_normal((r1, k)), rng.standard_normal((r2, k)))
+
+
 def amplification(delta_w, W, r):
     """How much ΔW (d, k) amplifies directions of W (d, k): the paper's Table 7.
 
@@ -67,10 +80,30 @@ def amplification(delta_w, W, r):
         raise ValueError(f"amplification: ΔW {delta_w.shape} and W {W.shape} must have the same shape")
     if not 1 <= r <= min(W.shape):
         raise ValueError(f"amplification: r={r} must be in [1, {min(W.shape)}]")
-    U, _, Vh = np.linalg.svd(delta_w, full_matrices=False)
-    projection = np.linalg.norm(U[:, :r].T @ W @ Vh[:r].T)  # (r, r) -> its Frobenius norm
+    projection = _projection(delta_w, W, r)
     delta_norm = np.linalg.norm(delta_w)
-    return {"delta_norm": float(delta_norm), "projection_norm": float(projection), "factor": float(delta_norm / projection)}
+    return {"delta_norm": float(delta_norm), "projection_norm": projection, "factor": float(delta_norm / projection)}
+
+
+def _projection(M, W, r):
+    """‖Uᵀ W Vᵀ‖_F with U (d, r), V (r, k) the top-r left and right singular vectors of M (d, k)."""
+    U, _, Vh = np.linalg.svd(M, full_matrices=False)
+    return float(np.linalg.norm(U[:, :r].T @ W @ Vh[:r].T))  # (r, r) -> its Frobenius norm
+
+
+def projection_norms(delta_w, W, r, rng=None):
+    """The paper's Table 7 for one weight matrix: ‖Uᵀ W Vᵀ‖_F with U, V the top-r singular vectors of
+    ΔW ("delta"), of W itself ("W") and of a random Gaussian matrix ("random"), beside ‖W‖_F and ‖ΔW‖_F.
+
+    ΔW amplifies directions that W has but does not emphasise when "delta" lies
+    well below "W" (W's own top directions hold the most of W) yet above "random".
+    factor = ‖ΔW‖_F / "delta", as in ``amplification``.  rng seeds the random matrix.
+    """
+    delta_w, W = _host64(delta_w), _host64(W)
+    out = amplification(delta_w, W, r)
+    noise = np.random.default_rng(rng).standard_normal(W.shape)
+    return {"delta": out["projection_norm"], "W": _projection(W, W, r), "random": _projection(noise, W, r),
+            "W_norm": float(np.linalg.norm(W)), "delta_norm": out["delta_norm"], "factor": out["factor"]}
 
 
 def linear_layer_costs(d, k, r, tokens):

@@ -107,14 +107,23 @@ class Tensor:
     """An n-dimensional array that can remember how it was computed.
 
     Tensor(data, requires_grad=False, dtype=None): ``data`` is a number, a
-    (nested) list, or an array; it is placed on the current backend. Python
-    floats become the default dtype (float32); arrays keep their dtype.
+    (nested) list, an array or a Tensor; it is placed on the current backend.
+    Python floats become the default dtype (float32); arrays keep their dtype.
+
+    An array of the right dtype and backend is shared, not copied (as
+    ``torch.as_tensor``). A Tensor is unwrapped: ``Tensor(t)`` is a new leaf
+    that shares t's array, on t's backend (as ``torch.nn.Parameter(t)`` shares
+    t's storage), cut from t's graph. ``requires_grad`` is the argument's, not
+    t's; a ``dtype`` other than t's makes a converted copy.
     """
 
     __array_priority__ = 1000  # so that ndarray + Tensor calls Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None):
-        self.data = backend.asarray(data, dtype=dtype)
+        if isinstance(data, Tensor):
+            self.data = backend.asarray(data.data, dtype=dtype, like=data.data)
+        else:
+            self.data = backend.asarray(data, dtype=dtype)
         self.grad = None
         self._fn = self._ctx = None
         self._parents = ()
@@ -161,6 +170,18 @@ class Tensor:
     @property
     def is_leaf(self):
         return self._fn is None
+
+    @property
+    def T(self):
+        """Every axis reversed, as NumPy's ``.T`` and torch's: (a, b, c) -> (c, b, a); 0-D and 1-D stay as they are."""
+        return self.permute(tuple(reversed(range(self.ndim)))) if self.ndim >= 2 else self
+
+    @property
+    def mT(self):
+        """The last two axes swapped, each matrix of a batch transposed, as torch's ``.mT``: (..., n, m) -> (..., m, n)."""
+        if self.ndim < 2:
+            raise ValueError(f"mT: needs at least 2 axes, got shape {self.shape}. Fix: x.reshape(1, -1).mT for a column.")
+        return self.transpose(-2, -1)
 
     def __len__(self):
         return self.data.shape[0]
@@ -286,4 +307,3 @@ def _install_tensor_methods():
     }
     for name, fn in methods.items():
         setattr(Tensor, name, fn)
-    Tensor.T = property(lambda self: F.transpose(self, -2, -1) if self.ndim >= 2 else self)

@@ -14,6 +14,7 @@ import numpy as np
 
 _BACKENDS = ("numpy", "cupy")
 _state = {"name": "numpy", "xp": np, "default_dtype": np.dtype(np.float32)}
+_environment_error = []  # the error of an unusable $MINILORA_BACKEND, until set_backend() replaces that choice
 
 
 def _import_cupy():
@@ -24,17 +25,18 @@ def _import_cupy():
         raise RuntimeError(
             "the cupy backend needs CuPy, which is not installed "
             f"({error}). Fix: pip install 'minilora[gpu]' on a machine with an "
-            "NVIDIA GPU and CUDA 12, or use set_backend('numpy')."
+            "NVIDIA GPU and CUDA 12, or use the numpy backend (set_backend('numpy'); on the command line, --backend numpy)."
         ) from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as error:  # CUDA raises its own error types when no driver is present
         raise RuntimeError(
             f"the cupy backend found no usable GPU ({type(error).__name__}: {error}). "
-            "Fix: run on a machine with an NVIDIA GPU and driver, or use set_backend('numpy')."
+            "Fix: run on a machine with an NVIDIA GPU and driver, or use the numpy backend "
+            "(set_backend('numpy'); on the command line, --backend numpy)."
         ) from None
     if count == 0:
-        raise RuntimeError("the cupy backend found 0 GPUs. Fix: use set_backend('numpy').")
+        raise RuntimeError("the cupy backend found 0 GPUs. Fix: use the numpy backend (set_backend('numpy'); on the command line, --backend numpy).")
     return cupy
 
 
@@ -53,26 +55,36 @@ def set_backend(name):
         raise ValueError(f"unknown backend {name!r}; choose one of {_BACKENDS}")
     _state["xp"] = _import_cupy() if name == "cupy" else np
     _state["name"] = name
+    _environment_error.clear()
+
+
+def _raise_environment_error():
+    if _environment_error:
+        error_type, message = _environment_error[0]
+        raise error_type(message)
 
 
 def get_backend():
     """Return the name of the current backend, "numpy" or "cupy"."""
+    _raise_environment_error()
     return _state["name"]
 
 
 @contextlib.contextmanager
 def using_backend(name):
     """Inside the block, new tensors go to backend ``name``; the previous backend comes back afterwards."""
-    previous = _state["name"]
+    previous, pending = _state["name"], list(_environment_error)
     set_backend(name)
     try:
         yield
     finally:
         set_backend(previous)
+        _environment_error[:] = pending
 
 
 def xp():
     """Return the array module of the current backend (numpy or cupy)."""
+    _raise_environment_error()
     return _state["xp"]
 
 
@@ -140,7 +152,7 @@ def asarray(data, dtype=None, like=None):
     ``like``: an array; put ``data`` on *its* backend instead (as ``numpy.asarray(..., like=)``),
     e.g. a loaded weight beside the parameter it replaces, wherever the model lives.
     """
-    module = _state["xp"] if like is None else array_module(like)
+    module = xp() if like is None else array_module(like)
     if is_cupy_array(data) and module is np:
         data = data.get()
     if dtype is None and not hasattr(data, "dtype"):
@@ -285,5 +297,17 @@ def uniform(shape, low, high, rng, dtype=None):
     return asarray(rng.uniform(low, high, size=shape), dtype=dtype or _state["default_dtype"])
 
 
+def _use_environment(name):
+    """Apply $MINILORA_BACKEND. If it cannot be used, ``import minilora`` still works (so ``minilora --help``
+    does, and the command line can report the problem in one line): get_backend() and xp() raise the error
+    until set_backend() makes another choice."""
+    try:
+        set_backend(name)
+    except ValueError as error:  # an unknown name
+        _environment_error[:] = [(ValueError, f"MINILORA_BACKEND={name!r}: {error}. Fix: set MINILORA_BACKEND to numpy or cupy, or unset it.")]
+    except RuntimeError as error:  # cupy that cannot run here; the message says why and how to fix it
+        _environment_error[:] = [(RuntimeError, f"MINILORA_BACKEND={name!r}: {error}")]
+
+
 if os.environ.get("MINILORA_BACKEND"):
-    set_backend(os.environ["MINILORA_BACKEND"])
+    _use_environment(os.environ["MINILORA_BACKEND"])

@@ -24,11 +24,11 @@
 From Python: ``parser = argparse.ArgumentParser(); add_demo_arguments(parser);
 run_demo(parser.parse_args([...]))`` returns the results as a dict.
 """
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -36,6 +36,7 @@ import numpy as np
 
 from . import backend, data
 from .autograd import no_grad
+from .cli_options import add_backend_argument, int_at_least, require_extras
 from .data.metrics import bleu_statistics, paired_bootstrap
 from .data.tasks import e2e_constant_output
 from .io import load_json, save_json
@@ -87,22 +88,24 @@ METHODS_NO_TASK_TEXT = (
 BASE = "base (no tuning)"
 CONSTANT = 'constant "<Name> is a place."'
 BUDGETS = {"val": "best on validation", "steps": "equal steps", "time": "equal time"}
+DEMO_EXTRAS = ("tqdm", "safetensors", "sacrebleu")  # the progress bar, the model files, BLEU
 
 
 def add_demo_arguments(parser):
     """Add the demo's options to an argparse parser (``minilora demo`` registers it this way)."""
-    # SUPPRESS keeps `minilora --backend cupy demo` working: a default here would overwrite the top-level choice.
-    parser.add_argument("--backend", choices=["numpy", "cupy"], default=argparse.SUPPRESS,
-                        help="numpy (CPU) or cupy (NVIDIA GPU); default: $MINILORA_BACKEND or numpy")
+    add_backend_argument(parser)
     parser.add_argument("--out", default=os.path.join("runs", "demo"),
                         help="run folder: the pretrained-model cache, checkpoints, adapters and results.json")
     parser.add_argument("--fresh", action="store_true", help="pretrain again even if a cached model exists")
-    parser.add_argument("--seed", type=int, default=0, help="one seed for the model, its pretraining text and the batches (the task's split is fixed)")
-    parser.add_argument("--pretrain-steps", type=int, default=200, help="optimizer steps of pretraining")
-    parser.add_argument("--finetune-steps", type=int, default=None,
-                        help="optimizer steps of every adaptation (default: each method's own, see METHODS)")
-    parser.add_argument("--eval-examples", type=int, default=None, help="test examples whose greedy outputs are scored (default: all)")
-    parser.add_argument("--seeds", type=int, default=1,
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
+                        help="one seed for the model, its pretraining text and the batches (the task's split is fixed)")
+    parser.add_argument("--pretrain-steps", type=int_at_least(1), default=200, help="optimizer steps of pretraining")
+    own = ", ".join(f"{m.steps} for {m.name}" for m in METHODS)
+    parser.add_argument("--finetune-steps", type=int_at_least(1), default=None,
+                        help=f"optimizer steps of every adaptation; default: each method's own ({own})")
+    parser.add_argument("--eval-examples", type=int_at_least(1), default=None,
+                        help="test examples whose greedy outputs are scored (default: all)")
+    parser.add_argument("--seeds", type=int_at_least(1), default=1,
                         help="run seeds --seed .. --seed + N - 1 (each pretrains its own model) and report their spread")
     parser.add_argument("--equal-budgets", action="store_true",
                         help="also train every method for equal steps and for equal time (the largest of the chosen budgets)")
@@ -119,6 +122,7 @@ def run_demo(args):
     for name in ("pretrain_steps", "finetune_steps", "eval_examples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"demo: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    require_extras("demo", DEMO_EXTRAS)  # before any work, not when BLEU is first computed
     args.backend = getattr(args, "backend", None) or backend.get_backend()
     with backend.using_backend(args.backend):
         return _run(args)
@@ -177,7 +181,7 @@ def _run(args):
             stages.update()
 
         if seed == seeds[0]:
-            files = save_models(methods, models, base_dir, args)
+            files, saved_base = save_models(methods, models, base_dir, tokenizer, args), base_dir
         runs.append({"seed": seed, "pretraining": pretraining, "rows": rows, "step_ms": step_ms, "peak_bytes": peaks,
                      "latency_ms": latencies(base, models, latency_idx)})
         del base, models  # on a GPU, models that stay alive would count in the next seed's memory
@@ -199,7 +203,18 @@ def _run(args):
             row.pop("stats")
     save_json(os.path.join(args.out, "results.json"), results)
     print(results["table"])
+    print(saved_models(args.out, saved_base, splits.test[0].prompt, methods))
     return results
+
+
+def saved_models(out, base_dir, prompt, methods=METHODS):
+    """Where the models are, and a ``minilora generate`` command that opens the LoRA r=8 adapter on its base."""
+    adapters = [os.path.join(out, m.folder) for m in methods if m.lora is not None]
+    full = [os.path.join(out, m.folder) for m in methods if m.lora is None]
+    return (f"\nsaved: the pretrained model in {base_dir}, the fully fine-tuned one in {', '.join(full)}, and the LoRA "
+            f"adapters (on the pretrained model) in {', '.join(adapters)}\n"
+            f"try: minilora generate --model {shlex.quote(base_dir)} --adapter {shlex.quote(adapters[0])} "
+            f"--greedy --max-new-tokens 40 --prompt {shlex.quote(prompt)}")
 
 
 def task_splits():
@@ -246,6 +261,8 @@ def pretrained_model(args, tokenizer, say=print, seed=None):
     if not args.fresh and os.path.exists(marker):
         saved = load_json(marker)
         if saved.get("settings") == settings:
+            if not os.path.exists(os.path.join(folder, data.CHAR_TOKENIZER_FILE)):  # cached by an older minilora
+                tokenizer.save(os.path.join(folder, data.CHAR_TOKENIZER_FILE))
             say(f"reusing the pretrained model in {folder} (trained {saved['steps']} steps, final loss "
                 f"{saved['final_loss']:.3f}); pass --fresh to train it again")
             return folder, {**saved, "key": key, "reused": True}
@@ -262,6 +279,7 @@ def pretrained_model(args, tokenizer, say=print, seed=None):
         schedule=lambda s: warmup_cosine(s, min(PRETRAIN["warmup"], steps), steps, lr, lr / 10),
     )
     model.save_pretrained(folder)
+    tokenizer.save(os.path.join(folder, data.CHAR_TOKENIZER_FILE))  # so that `minilora generate --model` opens it
     summary = {"settings": settings, "steps": steps, "final_loss": history[-1]["loss"], "seconds": time.perf_counter() - started}
     save_json(marker, summary)
     return folder, {**summary, "key": key, "reused": False}
@@ -320,13 +338,15 @@ def finetune(method, model, train, seed, lr, stops, on_stop=None, progress=True)
     return model
 
 
-def save_models(methods, models, base_dir, args):
+def save_models(methods, models, base_dir, tokenizer, args):
     """Write each method's checkpoint or adapter into --out; returns {name: bytes of its weights file}."""
     files = {BASE: os.path.getsize(os.path.join(base_dir, "model.safetensors"))}
     for method in methods:
         # LoRA's save_pretrained writes only A and B; a GPT's writes every weight.
         folder = os.path.join(args.out, method.folder)
         models[method.name].save_pretrained(folder)
+        if method.lora is None:  # a full model opens on its own; an adapter takes the base's tokenizer
+            tokenizer.save(os.path.join(folder, data.CHAR_TOKENIZER_FILE))
         weights = "model.safetensors" if method.lora is None else "adapter_model.safetensors"
         files[method.name] = os.path.getsize(os.path.join(folder, weights))
     return files

@@ -9,10 +9,17 @@ position ``len(cache)``.
 Shapes: B batch, T time, V vocab. Sampling draws on the host from a seeded
 numpy Generator, so one seed gives one continuation on every backend.
 """
+import numbers
+
 import numpy as np
 
 from . import backend
 from .autograd import Tensor, no_grad
+
+
+def _is_integer(n):
+    """A Python or NumPy integer, not a bool (True is an int in Python, but never a count of tokens)."""
+    return isinstance(n, numbers.Integral) and not isinstance(n, (bool, np.bool_))
 
 
 def sample_next(logits, temperature=1.0, top_k=None, greedy=False, rng=None):
@@ -45,10 +52,14 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, greedy=Fal
     if idx.ndim != 2 or idx.shape[1] == 0 or idx.dtype.kind not in "iu":
         raise ValueError(f"generate: idx must be (B, T) integer token ids with T >= 1, got shape {idx.shape}, dtype {idx.dtype}")
     vocab_size, block_size = model.config.vocab_size, model.config.block_size
-    if not greedy and not temperature > 0:
+    if not _is_integer(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be an integer >= 0, got {max_new_tokens!r}. "
+                         "Fix: the number of tokens to append, e.g. 50.")
+    if not greedy and not temperature > 0:  # also refuses NaN
         raise ValueError(f"generate: temperature must be > 0, got {temperature}. Fix: greedy=True for the argmax.")
-    if top_k is not None and not 1 <= top_k <= vocab_size:
-        raise ValueError(f"generate: top_k must be in [1, vocab_size={vocab_size}], got {top_k}")
+    if top_k is not None and not (_is_integer(top_k) and 1 <= top_k <= vocab_size):
+        raise ValueError(f"generate: top_k must be an integer in [1, vocab_size={vocab_size}], got {top_k!r}. "
+                         "Fix: top_k=None to sample from every token.")
     rng = rng if isinstance(rng, np.random.Generator) else backend.default_rng(rng)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()

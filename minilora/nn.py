@@ -15,7 +15,11 @@ from .autograd import Tensor
 
 
 class Parameter(Tensor):
-    """A Tensor that is a learnable weight of a Module (requires_grad=True by default)."""
+    """A Tensor that is a learnable weight of a Module (requires_grad=True by default).
+
+    ``Parameter(t)`` of a Tensor shares t's array, as ``torch.nn.Parameter(t)``
+    shares t's storage: the Parameter is a new leaf, cut from t's graph (see Tensor).
+    """
 
     def __init__(self, data, requires_grad=True, dtype=None):
         super().__init__(data, requires_grad=requires_grad, dtype=dtype)
@@ -292,7 +296,8 @@ class MLP(Module):
 class KVCache:
     """The keys and values one attention layer has already computed, so generation feeds only new tokens.
 
-    k, v: (B, H, S, D) Tensors, or None before the first call. ``len(cache)`` is S.
+    k, v: (B, H, len(cache), D) Tensors, or None before the first call (H counts the
+    key/value heads: fewer than the query heads under grouped-query attention).
     """
 
     def __init__(self):
@@ -302,10 +307,10 @@ class KVCache:
         return 0 if self.k is None else self.k.shape[2]
 
     def update(self, k, v):
-        """Append this call's k, v (B, H, T, D); return all of them, (B, H, S + T, D)."""
+        """Append this call's k, v (B, H, T, D); return all of them, (B, H, len(cache) + T, D)."""
         if self.k is not None:
-            k = F.concatenate([self.k, k], axis=2)  # (B, H, S + T, D)
-            v = F.concatenate([self.v, v], axis=2)  # (B, H, S + T, D)
+            k = F.concatenate([self.k, k], axis=2)  # (B, H, len(cache) + T, D)
+            v = F.concatenate([self.v, v], axis=2)  # (B, H, len(cache) + T, D)
         self.k, self.v = k, v
         return k, v
 
@@ -344,7 +349,7 @@ class CausalSelfAttention(Module):
         B, T, C = x.shape
         q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))  # (B, H, T, D) each
         if kv_cache is not None:
-            k, v = kv_cache.update(k, v)  # (B, H, S, D)
+            k, v = kv_cache.update(k, v)  # (B, H, S, D), S = len(cache) + T
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=True)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.dropout(self.o(y))  # (B, T, C)

@@ -25,8 +25,11 @@ class Optimizer:
     """Holds the parameter list, the learning rate ``lr`` and per-parameter state.
 
     ``state[i]`` belongs to ``params[i]``; keying by position (not by object)
-    lets ``load_state_dict`` restore it into a freshly built model.
+    lets ``load_state_dict`` restore it into a freshly built model. Each
+    ``state[i]`` holds exactly the names in ``state_names``.
     """
+
+    state_names = ()
 
     def __init__(self, params, lr):
         self.params = list(params)
@@ -60,26 +63,34 @@ class Optimizer:
         return {"hyperparameters": self.hyperparameters(), "state": {i: dict(s) for i, s in self.state.items()}}
 
     def load_state_dict(self, state_dict):
-        """Restore hyperparameters and state saved by ``state_dict`` (arrays are copied to each parameter's backend)."""
+        """Restore hyperparameters and state saved by ``state_dict`` (arrays are copied to each parameter's backend).
+
+        Everything is checked first: on an error, nothing has changed.
+        """
+        fix = f"Fix: load a state_dict that {type(self).__name__} saved over the same parameters, in the same order."
+        unknown = sorted(set(state_dict["hyperparameters"]) - set(self.hyperparameters()))
+        if unknown:
+            raise ValueError(f"optimizer hyperparameters {unknown} are not {type(self).__name__}'s "
+                             f"(it has {sorted(self.hyperparameters())}). {fix}")
         state = {}
         for key, entries in state_dict["state"].items():
             i = int(key)
             if not 0 <= i < len(self.params):
-                raise ValueError(
-                    f"optimizer state names parameter {i}, but this optimizer has {len(self.params)} parameters. "
-                    "Fix: build the optimizer over the same parameters, in the same order, as the saved one."
-                )
+                raise ValueError(f"optimizer state names parameter {i}, but this optimizer has {len(self.params)} parameters. {fix}")
+            if sorted(entries) != sorted(self.state_names):
+                raise ValueError(f"optimizer state of parameter {i} holds {sorted(entries)}, but {type(self).__name__} "
+                                 f"keeps {sorted(self.state_names)} for each parameter. {fix}")
             p = self.params[i]
             restored = {}
             for name, value in entries.items():
                 if np.ndim(value) == 0:  # a counter such as Adam's step
+                    if not (np.issubdtype(np.asarray(value).dtype, np.integer) and value >= 0):
+                        raise ValueError(f"optimizer counter {name!r} of parameter {i} is {value!r}, not an integer >= 0. {fix}")
                     restored[name] = int(value)
                     continue
                 if tuple(np.shape(value)) != p.shape:
-                    raise ValueError(
-                        f"optimizer state {name!r} of parameter {i} has shape {tuple(np.shape(value))}, "
-                        f"but the parameter has shape {p.shape}. Fix: load the state into the model it was saved from."
-                    )
+                    raise ValueError(f"optimizer state {name!r} of parameter {i} has shape {tuple(np.shape(value))}, "
+                                     f"but the parameter has shape {p.shape}. {fix}")
                 xp = backend.array_module(p.data)
                 restored[name] = xp.array(backend.to_numpy(value), dtype=p.dtype)
             state[i] = restored
@@ -96,6 +107,8 @@ class SGD(Optimizer):
     g = g + momentum * b  if nesterov else  b
     p = p - lr * g
     """
+
+    state_names = ("momentum_buffer",)
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
         super().__init__(params, lr)
@@ -135,6 +148,8 @@ class AdamW(Optimizer):
     v = beta2 * v + (1 - beta2) * g^2          (second moment: a running mean of g^2)
     p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
     """
+
+    state_names = ("step", "exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(params, lr)

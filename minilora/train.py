@@ -203,30 +203,96 @@ def save_checkpoint(path, model, optimizer, rng, step, history, elapsed):
 
 
 def load_checkpoint(path, model, optimizer, rng):
-    """Restore a checkpoint of ``save_checkpoint`` in place; returns (step, history, elapsed seconds)."""
+    """Restore a checkpoint of ``save_checkpoint`` in place; returns (step, history, elapsed seconds).
+
+    Everything is read and checked before anything changes: a damaged file, or one
+    written for another model, raises a ValueError that names the file and what is
+    wrong, and leaves the model, the optimizer and the generators as they were.
+    """
     arrays, metadata = load_safetensors(path)
     if metadata.get("format") != json.dumps(_FORMAT):
         raise ValueError(
             f"{path} is a safetensors file but not a minilora training checkpoint (format={metadata.get('format')!r}). "
             "Fix: point checkpoint_dir at a folder written by fit(), or pass resume=False to start afresh."
         )
-    meta = {k: json.loads(v) for k, v in metadata.items()}
+    meta = _read_metadata(path, metadata)
     if meta["optimizer"]["type"] != type(optimizer).__name__:
         raise ValueError(f"{path} was written with {meta['optimizer']['type']}, but this run uses {type(optimizer).__name__}. Fix: use the same optimizer class.")
-    model.load_state_dict({k[len("model."):]: a for k, a in arrays.items() if k.startswith("model.")})
-    state = {}
+    model_state, state = {}, {}
+    problems = [f"no optimizer hyperparameter {name!r}"
+                for name in optimizer.hyperparameters() if name not in meta["optimizer"]["hyperparameters"]]
     for key, array in arrays.items():
-        if key.startswith("optimizer."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(i, {})[name] = array
+        kind, _, name = key.partition(".")
+        i, _, entry = name.partition(".")
+        if kind == "model":
+            model_state[name] = array
+        elif kind == "optimizer" and i.isdigit() and entry:
+            state.setdefault(i, {})[entry] = array
+        else:
+            problems.append(f"unexpected tensor {key}")
     for i, counters in meta["optimizer"]["counters"].items():
-        state.setdefault(i, {}).update(counters)
-    optimizer.load_state_dict({"hyperparameters": meta["optimizer"]["hyperparameters"], "state": state})
-    generators = _generators(model)
-    missing = sorted(set(generators) - set(meta["generators"]))
-    if missing:
-        raise ValueError(f"{path} has no random state for {missing}. Fix: resume with the model the checkpoint was written from.")
-    rng.bit_generator.state = meta["generators"]["data"]
+        if not (str(i).isdigit() and isinstance(counters, dict)):
+            problems.append(f"damaged optimizer counters {i!r}: {counters!r}")
+        else:
+            state.setdefault(i, {}).update(counters)
+    own = {name: p.shape for name, p in model.named_parameters()}
+    problems += [f"missing tensor model.{name}" for name in own if name not in model_state]
+    problems += [f"unexpected tensor model.{name}" for name in model_state if name not in own]
+    problems += [f"model.{name} has shape {array.shape}, the model {own[name]}"
+                 for name, array in model_state.items() if name in own and array.shape != own[name]]
+    generators = {"data": rng, **_generators(model)}
+    for name, generator in generators.items():
+        try:
+            type(generator.bit_generator)().state = meta["generators"][name]  # a throwaway: does the state fit?
+        except (KeyError, TypeError, ValueError) as error:
+            problems.append(f"no usable random state for {name!r} ({type(error).__name__}: {error})")
+    if problems:
+        raise _unusable(path, problems)
+    # The optimizer's own checks come last; it changes nothing unless they pass, and after it nothing can fail.
+    try:
+        optimizer.load_state_dict({"hyperparameters": meta["optimizer"]["hyperparameters"], "state": state})
+    except ValueError as error:
+        raise _unusable(path, [str(error).partition(" Fix: ")[0]]) from None  # its fix speaks of state dicts, ours of files
+    model.load_state_dict(model_state)
     for name, generator in generators.items():
         generator.bit_generator.state = meta["generators"][name]
     return meta["step"], meta["history"], meta["elapsed"]
+
+
+# What each metadata entry must be (JSON-decoded), and the entries of "optimizer".
+_METADATA = {"step": int, "elapsed": (int, float), "history": list, "optimizer": dict, "generators": dict}
+_OPTIMIZER_METADATA = {"type": str, "hyperparameters": dict, "counters": dict}
+
+
+def _read_metadata(path, metadata):
+    """The checkpoint's metadata, each entry decoded from JSON and checked against _METADATA; damage raises."""
+    meta, problems = {}, []
+    for key, kind in _METADATA.items():
+        if key not in metadata:
+            problems.append(f"no metadata entry {key!r}")
+            continue
+        try:
+            meta[key] = json.loads(metadata[key])
+        except json.JSONDecodeError as error:
+            problems.append(f"metadata entry {key!r} is not valid JSON ({error})")
+            continue
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            problems.append(f"metadata entry {key!r} is {meta[key]!r:.60}, not of type {getattr(kind, '__name__', 'number')}")
+    optimizer = meta.get("optimizer")
+    if isinstance(optimizer, dict):
+        problems += [f"metadata entry 'optimizer' has no {key!r} {kind.__name__}"
+                     for key, kind in _OPTIMIZER_METADATA.items() if not isinstance(optimizer.get(key), kind)]
+    if problems:
+        raise _unusable(path, problems)
+    return meta
+
+
+def _unusable(path, problems):
+    """The error for a checkpoint that cannot be resumed: the file, every problem, and what to do."""
+    listed = "; ".join(problem.rstrip(".") for problem in problems[:8])
+    listed += f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
+    return ValueError(
+        f"{path} cannot be resumed: {listed}. The file is damaged, or it was written for another model. "
+        "Fix: point to an intact copy (or resume with the model it was written from), or start over: "
+        "--fresh on the command line, resume=False in fit()."
+    )

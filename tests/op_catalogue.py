@@ -26,8 +26,8 @@ class OpCase:
     gradcheck: dict = field(default_factory=dict)  # extra gradcheck tolerances
 
 
-def unary(low=-2.0, high=2.0, avoid=()):
-    return shapes().flatmap(lambda s: maybe_non_contiguous(arrays(s, low, high, avoid=avoid))).map(lambda x: ([x], {}))
+def unary(low=-2.0, high=2.0, avoid=(), min_dims=1):
+    return shapes(min_dims=min_dims).flatmap(lambda s: maybe_non_contiguous(arrays(s, low, high, avoid=avoid))).map(lambda x: ([x], {}))
 
 
 def binary(low_b=-2.0, high_b=2.0, away_from_zero=False):
@@ -202,6 +202,32 @@ def attention_inputs(draw):
     return [q, k, v], {"is_causal": draw(st.booleans()), "attn_mask": mask}
 
 
+@st.composite
+def rope_inputs(draw):
+    lead = draw(shapes(min_dims=0, max_dims=2, max_side=2))
+    T, D = draw(st.integers(1, 4)), 2 * draw(st.integers(1, 3))
+    x = draw(maybe_non_contiguous(arrays(lead + (T, D))))
+    return [x], {"theta": draw(st.sampled_from([10000.0, 100000.0, 3.0])), "offset": draw(st.integers(0, 50))}
+
+
+@st.composite
+def repeat_interleave_inputs(draw):
+    shape = draw(shapes(min_dims=1))
+    return [draw(maybe_non_contiguous(arrays(shape)))], {
+        "repeats": draw(st.integers(1, 3)), "axis": draw(st.integers(-len(shape), len(shape) - 1)),
+    }
+
+
+def _torch_rope(torch, x, theta, offset):
+    """transformers' Llama formula (apply_rotary_pos_emb), with the angles in float64."""
+    D = x.shape[-1]
+    inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    angles = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64)[:, None] * inv_freq
+    emb = torch.cat([angles, angles], dim=-1)
+    x1, x2 = x[..., : D // 2], x[..., D // 2:]
+    return x * emb.cos() + torch.cat([-x2, x1], dim=-1) * emb.sin()
+
+
 def _dropout_mask(shape, p, seed):
     return (np.random.default_rng(seed).random(shape) >= p).astype(np.float64)
 
@@ -250,8 +276,7 @@ CATALOGUE = [
     OpCase("silu", "silu", unary(-4, 4), F.silu, lambda torch, x: torch.nn.functional.silu(x)),
     OpCase("gelu", "gelu_tanh", unary(-4, 4), lambda x: F.gelu(x, approximate="tanh"),
            lambda torch, x: torch.nn.functional.gelu(x, approximate="tanh")),
-    # erf is approximated to 1.5e-7 (see functional/elementwise.py), so PyTorch's exact erf differs by that much.
-    OpCase("gelu", "gelu_erf", unary(-4, 4), F.gelu, lambda torch, x: torch.nn.functional.gelu(x), atol=1e-6),
+    OpCase("gelu", "gelu_erf", unary(-6, 6), F.gelu, lambda torch, x: torch.nn.functional.gelu(x), atol=1e-12),
     OpCase("matmul", "matmul", matmul_inputs(), F.matmul, lambda torch, a, b: a @ b),
     OpCase("linear", "linear", linear_inputs(), F.linear, lambda torch, x, w, b: torch.nn.functional.linear(x, w, b)),
     OpCase("sum", "sum", with_axis(), F.sum, _torch_reduce(lambda torch, x, d, k: torch.sum(x, dim=d, keepdim=k))),
@@ -261,6 +286,9 @@ CATALOGUE = [
     OpCase("reshape", "reshape", reshape_inputs(), lambda x, shape: F.reshape(x, shape), lambda torch, x, shape: x.reshape(shape)),
     OpCase("permute", "permute", permute_inputs(), lambda x, axes: F.permute(x, axes), lambda torch, x, axes: x.permute(axes)),
     OpCase("transpose", "transpose", transpose_inputs(), F.transpose, lambda torch, x, axis0, axis1: x.transpose(axis0, axis1)),
+    # Tensor.T (every axis reversed, as NumPy) and Tensor.mT (the last two swapped) are permute and transpose.
+    OpCase("permute", "tensor_T", unary(), lambda x: x.T, lambda torch, x: x.permute(*reversed(range(x.ndim)))),
+    OpCase("transpose", "tensor_mT", unary(min_dims=2), lambda x: x.mT, lambda torch, x: x.mT),
     OpCase("getitem", "getitem_slices", slice_inputs(), F.getitem, lambda torch, x, index: x[index]),
     OpCase("getitem", "getitem_repeated_indices", fancy_index_inputs(), F.getitem, lambda torch, x, index: x[torch.from_numpy(index)]),
     OpCase("concatenate", "concatenate", concatenate_inputs(), lambda *xs, axis: F.concatenate(xs, axis=axis),
@@ -290,4 +318,7 @@ CATALOGUE = [
            lambda x, p, seed: F.dropout(x, p, training=False) * 1.0,
            lambda torch, x, p, seed: torch.nn.functional.dropout(x, p, training=False) * 1.0),
     OpCase("scaled_dot_product_attention", "attention", attention_inputs(), F.scaled_dot_product_attention, _torch_attention),
+    OpCase("rope", "rope", rope_inputs(), F.rope, _torch_rope),
+    OpCase("repeat_interleave", "repeat_interleave", repeat_interleave_inputs(), F.repeat_interleave,
+           lambda torch, x, repeats, axis: torch.repeat_interleave(x, repeats, dim=axis)),
 ]

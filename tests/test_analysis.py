@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from minilora.analysis import amplification, linear_layer_costs, phi, subspace_similarity
+from minilora.analysis import (
+    amplification, linear_layer_costs, phi, projection_norms, random_subspace_similarity, subspace_similarity,
+)
 
 
 def test_identical_subspaces_give_one():
@@ -49,3 +51,30 @@ def test_layer_costs():
     c = linear_layer_costs(d=768, k=768, r=8, tokens=1)
     assert c["full_flops"] - c["lora_flops"] == c["flops_saved"] == 2 * 768 * 768 - 6 * 8 * 1536
     assert c["trainable_lora"] == 2 * 768 * 8
+
+
+def test_random_baseline_matches_its_expectation():
+    # Two random subspaces of R^k of dimensions i <= j: E φ(i, j) = max(i, j) / k.
+    k, draws = 30, 400
+    grids = np.stack([random_subspace_similarity(4, 6, k, rng=seed) for seed in range(draws)])  # (draws, 4, 6)
+    assert grids.min() >= 0.0 and grids.max() <= 1.0 + 1e-12
+    i, j = np.arange(1, 5)[:, None], np.arange(1, 7)[None, :]
+    expected = np.maximum(i, j) / k
+    standard_error = grids.std(axis=0) / np.sqrt(draws)
+    assert np.all(np.abs(grids.mean(axis=0) - expected) < 4 * standard_error + 1e-3)
+    np.testing.assert_array_equal(random_subspace_similarity(4, 6, k, rng=7), random_subspace_similarity(4, 6, k, rng=7))
+
+
+def test_projection_norms_by_hand():
+    W = np.diag([10.0, 1.0, 0.5])
+    delta = np.zeros((3, 3))
+    delta[1, 1] = 2.0  # ΔW's one direction is W's second: it holds 1.0 of W
+    out = projection_norms(delta, W, r=1, rng=0)
+    assert out["delta"] == pytest.approx(1.0) and out["W"] == pytest.approx(10.0)  # W's own top direction holds 10
+    assert out["delta_norm"] == pytest.approx(2.0) and out["factor"] == pytest.approx(2.0)
+    assert out["W_norm"] == pytest.approx(np.sqrt(100 + 1 + 0.25))
+    assert 0.0 <= out["random"] <= out["W"]
+    # With r = 3 every U, V is a whole orthonormal basis, so each projection keeps all of ‖W‖_F.
+    full = projection_norms(delta + np.eye(3), W, r=3, rng=0)
+    for key in ("delta", "W", "random"):
+        assert full[key] == pytest.approx(full["W_norm"])

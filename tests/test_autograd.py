@@ -196,3 +196,62 @@ def test_split_and_concatenate_round_trip():
     assert [p.shape for p in pieces] == [(3,), (7,)]
     F.concatenate(pieces[::-1]).sum().backward()
     np.testing.assert_array_equal(to_numpy(x.grad), np.ones(10))
+
+
+def test_pow_zero_has_zero_gradient_at_zero():
+    x = leaf([0.0, 2.0])
+    (x ** 0).sum().backward()  # x^0 = 1 everywhere, a constant, so its slope is 0 (even at x = 0, where 0 * 0^-1 is NaN)
+    np.testing.assert_array_equal(to_numpy(x.grad), [0.0, 0.0])
+
+
+@pytest.mark.oracle
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")  # 0 ** negative is inf, as in torch
+@pytest.mark.parametrize("exponent", [0, 0.0, 1, 2, 3, 0.5, -1, -1.5, -2])
+def test_pow_at_zero_matches_torch(torch, exponent):
+    values = np.array([0.0, 0.5, 2.0])
+    x = leaf(values)
+    y = x ** exponent
+    y.sum().backward()
+    t = torch.tensor(values, requires_grad=True)
+    (t ** exponent).sum().backward()
+    np.testing.assert_allclose(y.numpy(), (t ** exponent).detach().numpy(), rtol=1e-15)
+    np.testing.assert_allclose(to_numpy(x.grad), t.grad.numpy(), rtol=1e-15)  # inf where torch has inf
+
+
+def test_tensor_of_a_tensor_unwraps_it():
+    t = leaf([1.0, 2.0])
+    u = Tensor(t * 3)  # a result with a graph: the new Tensor is a leaf beside it
+    assert u.is_leaf and not u.requires_grad and u.dtype == np.float64
+    np.testing.assert_array_equal(u.numpy(), [3.0, 6.0])
+    shared = Tensor(t)
+    assert shared.data is t.data and not shared.requires_grad  # the array is shared, requires_grad is the argument's
+    copied = Tensor(t, dtype="float32", requires_grad=True)
+    assert copied.dtype == np.float32 and copied.requires_grad and copied.data is not t.data
+    (copied * copied).sum().backward()
+    assert t.grad is None  # no path back to t
+    with pytest.raises(TypeError, match="requires_grad needs a floating-point tensor"):
+        Tensor(Tensor([1, 2]), requires_grad=True)
+
+
+@pytest.mark.parametrize("shape", [(), (3,), (2, 3), (2, 3, 4), (2, 1, 3, 4)])
+def test_T_reverses_every_axis_as_numpy_and_mT_swaps_the_last_two(shape):
+    values = np.arange(float(np.prod(shape))).reshape(shape)
+    x = leaf(values)
+    np.testing.assert_array_equal(x.T.numpy(), values.T)
+    if len(shape) >= 2:
+        np.testing.assert_array_equal(x.mT.numpy(), np.swapaxes(values, -1, -2))
+        cotangent = np.random.default_rng(0).standard_normal(values.T.shape)
+        x.T.backward(cotangent)
+        np.testing.assert_array_equal(to_numpy(x.grad), cotangent.T)
+
+
+@pytest.mark.oracle
+def test_T_and_mT_match_torch(torch):
+    values = np.random.default_rng(1).standard_normal((2, 3, 4))
+    x, t = leaf(values), torch.tensor(values, requires_grad=True)
+    ours = (x.T * np.arange(24.0).reshape(4, 3, 2)).sum() + (x.mT ** 2).sum()
+    theirs = (t.permute(2, 1, 0) * torch.arange(24.0).reshape(4, 3, 2)).sum() + (t.mT ** 2).sum()
+    ours.backward()
+    theirs.backward()
+    np.testing.assert_allclose(ours.item(), theirs.item(), rtol=1e-12)
+    np.testing.assert_allclose(to_numpy(x.grad), t.grad.numpy(), rtol=1e-12)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minilora.functional as F
-from minilora import backend
+from minilora import Tensor, backend
 from minilora.testing import as_tensor, assert_gradcheck
 
 from conftest import require_oracle
@@ -56,3 +56,30 @@ def test_matches_pytorch(case, data):
         mine_grad = np.zeros(mine.shape) if mine.grad is None else backend.to_numpy(mine.grad)
         their_grad = np.zeros(mine.shape) if reference.grad is None else reference.grad.numpy()
         np.testing.assert_allclose(mine_grad, their_grad, rtol=1e-9, atol=case.atol, err_msg=f"{case.label}: gradient of input {i}")
+
+
+@pytest.mark.oracle
+def test_erf_matches_pytorch_to_float64_precision():
+    torch = require_oracle("torch")
+    x = np.concatenate([
+        np.linspace(-7, 7, 20001),  # every branch of the approximation and the joins between them (0.46875, 4)
+        [0.0, -0.0, 1e-300, 1e-20, 1e-8, 0.46875, np.nextafter(0.46875, 1), 4.0, np.nextafter(4.0, 5), 6.0, 27.0, 1e300],
+        -np.logspace(-10, 1.5, 500), np.logspace(-10, 1.5, 500),
+    ])
+    expected = torch.special.erf(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(backend.to_numpy(F.erf(backend.asarray(x))), expected, rtol=1e-14, atol=1e-16)
+    # gelu(approximate="none") is built on erf: its values and its (exact) derivative agree to rounding
+    # (1 + erf(x / sqrt 2) cancels for x < 0, in torch's formula too, so the tolerance there is absolute).
+    ours, theirs = Tensor(backend.asarray(x[:20001]), requires_grad=True), torch.from_numpy(x[:20001]).requires_grad_(True)
+    F.gelu(ours).sum().backward()
+    torch.nn.functional.gelu(theirs).sum().backward()
+    np.testing.assert_allclose(F.gelu(ours).numpy(), torch.nn.functional.gelu(theirs).detach().numpy(), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(backend.to_numpy(ours.grad), theirs.grad.numpy(), rtol=1e-13, atol=1e-15)
+    special = F.erf(backend.asarray(np.array([np.inf, -np.inf, np.nan])))
+    np.testing.assert_array_equal(backend.to_numpy(special), [1.0, -1.0, np.nan])
+
+
+def test_erf_keeps_float32_float32():
+    x = backend.asarray(np.linspace(-5, 5, 101, dtype=np.float32))
+    assert F.erf(x).dtype == np.float32
+    assert F.gelu(Tensor(x)).dtype == np.float32

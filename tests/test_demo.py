@@ -72,11 +72,19 @@ def test_smoke_tables_seeds_budgets_files_and_cache(tmp_path, capsys, quick_timi
     assert other["runs"][0]["pretraining"]["reused"] is False and other["pretraining_text"] == "corpus only"
 
 
-def test_bad_step_count_and_seed_count_are_named(tmp_path):
+def test_bad_step_count_and_seed_count_are_named(tmp_path, capsys):
+    for option in ("--finetune-steps", "--seeds"):
+        with pytest.raises(SystemExit) as exit_info:  # the parser refuses it (tests/test_cli_errors.py runs the command)
+            demo_args("--out", str(tmp_path), option, "0")
+        assert exit_info.value.code == 2 and f"{option}: must be at least 1" in capsys.readouterr().err
+    args = demo_args("--out", str(tmp_path))
+    args.finetune_steps = 0  # from Python, without the parser
     with pytest.raises(ValueError, match="--finetune-steps must be at least 1"):
-        run_demo(demo_args("--out", str(tmp_path), "--finetune-steps", "0"))
+        run_demo(args)
+    args = demo_args("--out", str(tmp_path))
+    args.seeds = 0
     with pytest.raises(ValueError, match="--seeds must be at least 1, got 0"):
-        run_demo(demo_args("--out", str(tmp_path), "--seeds", "0"))
+        run_demo(args)
 
 
 def test_a_run_in_pieces_is_the_run_of_that_many_steps():

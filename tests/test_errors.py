@@ -105,3 +105,73 @@ def test_attention_mask_with_an_empty_row():
 def test_dropout_probability_must_be_below_one():
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\), got 1.0"):
         F.dropout(Tensor(np.ones(3)), p=1.0)
+
+
+def test_matmul_batch_axes_that_do_not_broadcast_are_named():
+    with pytest.raises(ValueError, match=r"matmul: shapes \(2, 3, 4, 5\) and \(4, 5, 6\) have batch axes \(2, 3\) and \(4,\) "
+                                         r"that do not broadcast: 3 != 4 at batch axis -1"):
+        Tensor(np.ones((2, 3, 4, 5))) @ Tensor(np.ones((4, 5, 6)))
+
+
+def test_transpose_axis_out_of_range():
+    with pytest.raises(ValueError, match=r"transpose: axis 5 is out of range for shape \(2, 3\) \(2 axes: -2 to 1\)"):
+        F.transpose(Tensor(np.ones((2, 3))), 0, 5)
+    with pytest.raises(ValueError, match=r"transpose: axis -3 is out of range"):
+        Tensor(np.ones((2, 3))).transpose(-3, 0)
+
+
+def test_permute_axes_out_of_range_or_repeated():
+    x = Tensor(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"permute: axis 3 is out of range for shape \(2, 3\)"):
+        x.permute(0, 3)
+    with pytest.raises(ValueError, match=r"permute: axes \(0, 0\) are not a permutation of the 2 axes"):
+        x.permute(0, 0)
+    with pytest.raises(ValueError, match=r"permute: axes \(0,\) are not a permutation of the 2 axes"):
+        x.permute(0)
+    with pytest.raises(ValueError, match=r"permute: axis 0 is out of range for shape \(\) \(it has no axes\)"):
+        Tensor(1.0).permute(0)  # was a ZeroDivisionError
+
+
+def test_concatenate_needs_tensors_and_a_valid_axis():
+    with pytest.raises(ValueError, match=r"concatenate: got no tensors .*Fix"):
+        F.concatenate([])
+    x = Tensor(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"concatenate: axis 2 is out of range for shape \(2, 3\)"):
+        F.concatenate([x, x], axis=2)
+    with pytest.raises(ValueError, match=r"concatenate: shapes \(2, 3\), \(3,\) have different numbers of axes \(2, 1\)"):
+        F.concatenate([x, Tensor(np.ones(3))])
+
+
+def test_split_sizes_and_axis_are_checked():
+    x = Tensor(np.ones((2, 6)))
+    with pytest.raises(ValueError, match=r"split: the piece size must be a positive integer, got 0"):
+        F.split(x, 0)
+    with pytest.raises(ValueError, match=r"split: the piece size must be a positive integer, got -2"):
+        F.split(x, -2, axis=1)
+    with pytest.raises(ValueError, match=r"split: sizes \[-1, 7\] must be integers >= 0"):
+        F.split(x, [-1, 7], axis=1)
+    with pytest.raises(ValueError, match=r"split: axis 2 is out of range for shape \(2, 6\)"):
+        F.split(x, 1, axis=2)
+    assert [p.shape for p in F.split(x, np.int64(4), axis=1)] == [(2, 4), (2, 2)]
+
+
+def test_getitem_out_of_range_names_the_shape():
+    with pytest.raises(IndexError, match=r"getitem: index 5 is out of bounds for axis 0 with size 2 \(tensor of shape \(2, 3\)\)"):
+        Tensor(np.ones((2, 3)))[5]
+
+
+def test_where_shapes_that_do_not_broadcast():
+    with pytest.raises(ValueError, match=r"where: condition, a and b have shapes \(2, 3\), \(2, 3\) and \(4,\) that cannot be broadcast"):
+        F.where(np.ones((2, 3), dtype=bool), Tensor(np.ones((2, 3))), Tensor(np.ones(4)))
+
+
+def test_mT_needs_two_axes():
+    with pytest.raises(ValueError, match=r"mT: needs at least 2 axes, got shape \(3,\)"):
+        Tensor(np.ones(3)).mT
+
+
+def test_gpt_rejects_an_empty_sequence():
+    from minilora.models import GPT, GPTConfig
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=4, block_size=4, vocab_size=5))
+    with pytest.raises(ValueError, match=r"GPT: idx has shape \(2, 0\): a sequence needs at least one token"):
+        model(np.zeros((2, 0), dtype=np.int64))

@@ -156,11 +156,18 @@ def test_generate_runs_without_grad_in_eval_mode_and_restores_the_mode():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(temperature=0.0), "temperature must be > 0"),
-    (dict(top_k=0), r"top_k must be in \[1, vocab_size=11\]"),
+    (dict(temperature=-1.0), r"temperature must be > 0, got -1.0"),
+    (dict(temperature=float("nan")), r"temperature must be > 0, got nan"),
+    (dict(top_k=0), r"top_k must be an integer in \[1, vocab_size=11\], got 0"),
+    (dict(top_k=-2), r"top_k must be an integer in \[1, vocab_size=11\], got -2"),
+    (dict(top_k=2.5), r"top_k must be an integer in \[1, vocab_size=11\], got 2.5"),
+    (dict(max_new_tokens=-3), r"generate: max_new_tokens must be an integer >= 0, got -3"),
+    (dict(max_new_tokens=2.5), r"generate: max_new_tokens must be an integer >= 0, got 2.5"),
 ])
 def test_generate_rejects_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        tiny_gpt().generate(tokens((1, 2)), 2, **kwargs)
+        tiny_gpt().generate(tokens((1, 2)), **{"max_new_tokens": 2, **kwargs})
+    assert tiny_gpt().generate(tokens((1, 2)), max_new_tokens=np.int64(0)).shape == (1, 2)
 
 
 def test_generate_rejects_a_flat_prompt():

@@ -149,6 +149,32 @@ def test_minilora_checkpoint_loads_in_transformers(torch, tmp_path, tie):
     assert_close(ours(idx)[0].data, expected, 1e-5, "logits")
 
 
+@pytest.mark.oracle
+def test_bfloat16_checkpoint_loads_as_its_float32_rounding(torch, tmp_path):
+    """A bf16 model.safetensors gives the model of the float32 checkpoint whose weights are those bf16 values."""
+    hf = hf_gpt2(torch, "float32", tie=False)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.copy_(p.bfloat16().float())  # exactly representable in bf16 from now on
+    hf.save_pretrained(tmp_path / "float32")
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "bfloat16")
+    hf.float()  # back without loss: every weight is a bf16 value
+    header_size = int.from_bytes((tmp_path / "bfloat16" / "model.safetensors").read_bytes()[:8], "little")
+    header = json.loads((tmp_path / "bfloat16" / "model.safetensors").read_bytes()[8:8 + header_size])
+    assert {entry["dtype"] for name, entry in header.items() if name != "__metadata__"} == {"BF16"}
+
+    ours = GPT.from_pretrained(tmp_path / "bfloat16")
+    reference = GPT.from_pretrained(tmp_path / "float32")
+    for (name, p), q in zip(ours.named_parameters(), reference.parameters()):
+        assert p.dtype == np.float32, name
+        np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
+    idx = np.random.default_rng(3).integers(0, VOCAB, (2, 7))
+    logits = ours(idx)[0].numpy()
+    np.testing.assert_array_equal(logits, reference(idx)[0].numpy())
+    with torch.no_grad():
+        assert_close(logits, hf(torch.tensor(idx)).logits.numpy(), 1e-5, "logits")
+
+
 # ---- bad checkpoints give clear errors (no oracle needed: we write them ourselves) ----
 
 def saved_tiny(path, **changes):
@@ -205,8 +231,8 @@ def test_missing_and_misshapen_keys_are_all_listed(tmp_path):
     with pytest.raises(ValueError) as info:
         GPT.from_pretrained(tmp_path)
     message = str(info.value)
-    for part in ("missing keys: ln_f.weight, h.1.mlp.c_fc.bias", "unexpected keys: h.0.attn.rotary",
-                 "h.0.attn.c_attn.weight (8, 16) (expected (8, 24))"):
+    for part in (str(tmp_path / "model.safetensors"), "missing keys: ln_f.weight, h.1.mlp.c_fc.bias",
+                 "unexpected keys: h.0.attn.rotary", "h.0.attn.c_attn.weight (8, 16) (expected (8, 24))", "Fix: "):
         assert part in message
 
 
@@ -219,6 +245,23 @@ def test_unsupported_config_lists_every_problem(tmp_path):
         GPT.from_pretrained(tmp_path)
     for part in ("activation_function='relu'", "scale_attn_by_inverse_layer_idx=True", "reorder_and_upcast_attn=True"):
         assert part in str(info.value)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda text: text[:len(text) // 2], "is not valid JSON"),
+    (lambda text: "[2, 2, 8]", "is damaged: it holds a JSON list, not an object"),
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k not in ("n_embd", "vocab_size")}),
+     "is damaged: missing field n_embd; missing field vocab_size"),
+    (lambda text: json.dumps(json.loads(text) | {"n_head": "2", "n_layer": 0}),
+     "is damaged: n_layer=0 (must be a positive integer); n_head='2' (must be a positive integer)"),
+], ids=["truncated", "not-an-object", "missing-fields", "bad-sizes"])
+def test_damaged_config_json_is_named_with_the_fix(tmp_path, edit, expected):
+    config_path = saved_tiny(tmp_path) / "config.json"
+    config_path.write_text(edit(config_path.read_text()))
+    with pytest.raises(ValueError) as info:
+        GPT.from_pretrained(tmp_path)
+    message = str(info.value)
+    assert message.startswith(str(config_path)) and expected in message and "point to an intact copy" in message
 
 
 def test_missing_files_are_named(tmp_path):
@@ -239,3 +282,18 @@ def test_loaded_model_computes_from_tensors_of_the_requested_dtype(tmp_path):
     model = GPT.from_pretrained(saved_tiny(tmp_path), dtype="float64")
     assert {p.dtype for p in model.parameters()} == {np.dtype("float64")}
     assert model(Tensor(np.arange(4)[None]))[0].dtype == np.float64
+
+
+def test_saving_a_model_with_lora_layers_says_merge_or_save_the_adapter(tmp_path):
+    from minilora.lora import LoraConfig, get_peft_model
+
+    lora_model = get_peft_model(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=8, block_size=16, vocab_size=20)), LoraConfig(r=2))
+    with pytest.raises(ValueError) as info:
+        lora_model.model.save_pretrained(tmp_path)
+    message = str(info.value)
+    for part in ("unexpected blocks.0.attn.q.base_layer.bias", "lora_A.default", "missing blocks.0.attn.q.bias",
+                 "merge_and_unload()", "save the adapter alone with save_pretrained on the LoraModel"):
+        assert part in message
+    assert os.listdir(tmp_path) == []
+    lora_model.merge_and_unload().save_pretrained(tmp_path)  # the fix it names works
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]

@@ -41,16 +41,32 @@ def train(model, steps=3, lr=0.05):
 
 
 # ---- initialisation ---------------------------------------------------------
-def test_at_init_the_output_is_the_base_models_and_A_gets_no_gradient():
-    gpt = tiny_gpt()
-    before = logits(gpt)
-    model = get_peft_model(gpt, LoraConfig(r=4))
-    np.testing.assert_array_equal(logits(model), before)  # B = 0, so B A x = 0 exactly
-    _, loss = model(IDX, TARGETS)
-    loss.backward()
-    for name, layer in lora_layers(model.model):
-        assert not np.any(to_numpy(layer.lora_A["default"].grad)), name  # dA = s (dY B)^T X = 0 while B = 0
-        assert np.any(to_numpy(layer.lora_B["default"].grad)), name  # dB = s dY^T (X A^T) is not
+def test_at_init_the_output_is_the_base_models_and_only_B_gets_a_gradient(float64):
+    """docs/lora.md: B = 0 at init, so dA = 0 and the first step's gradient moves only B; but A's
+    gradient is zeros, not None, so AdamW's decoupled decay still shrinks A by (1 - lr wd)."""
+    lr = 0.05
+    for weight_decay, factor in ((0.0, 1.0), (None, 1 - lr * 0.01)):  # None: AdamW's default, 0.01
+        gpt = tiny_gpt()
+        before = logits(gpt)
+        model = get_peft_model(gpt, LoraConfig(r=4))
+        np.testing.assert_array_equal(logits(model), before)  # B = 0, so B A x = 0 exactly
+        layers = lora_layers(model.model)
+        A0 = [layer.lora_A["default"].numpy().copy() for _, layer in layers]
+        _, loss = model(IDX, TARGETS)
+        loss.backward()
+        for name, layer in layers:
+            assert not np.any(to_numpy(layer.lora_A["default"].grad)), name  # dA = s (dY B)^T X = 0 while B = 0
+            assert np.any(to_numpy(layer.lora_B["default"].grad)), name  # dB = s dY^T (X A^T) is not
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        (AdamW(trainable, lr=lr) if weight_decay is None else AdamW(trainable, lr=lr, weight_decay=weight_decay)).step()
+        for (name, layer), a0 in zip(layers, A0):
+            assert np.any(layer.lora_B["default"].numpy()), name  # B moved off zero
+            A = layer.lora_A["default"].numpy()
+            if factor == 1.0:
+                np.testing.assert_array_equal(A, a0, err_msg=name)  # no decay: A stays exactly
+            else:
+                assert not np.array_equal(A, a0), name
+                np.testing.assert_allclose(A, a0 * factor, rtol=1e-12, atol=0, err_msg=name)  # only the decay
 
 
 def test_kaiming_and_gaussian_inits():
@@ -133,8 +149,8 @@ def test_rank_and_alpha_patterns():
 @pytest.mark.parametrize("kwargs, message", [
     ({"r": 0}, r"r=0 must be a positive integer"),
     ({"r": 2.5}, r"r=2.5 must be a positive integer"),
-    ({"lora_alpha": 0}, r"lora_alpha=0 must be a positive number"),
-    ({"lora_alpha": -1.0}, r"lora_alpha=-1.0 must be a positive number"),
+    ({"lora_alpha": 0}, r"lora_alpha=0 must be a finite positive number"),
+    ({"lora_alpha": -1.0}, r"lora_alpha=-1.0 must be a finite positive number"),
     ({"bias": "some"}, r"bias='some' is not one of \('none', 'all', 'lora_only'\)"),
     ({"lora_dropout": 1.0}, r"lora_dropout=1.0 must be in \[0, 1\)"),
     ({"init_lora_weights": "olora"}, r"init_lora_weights='olora' is not one of"),
@@ -282,3 +298,136 @@ def test_several_adapters_on_one_base(float64):
         model.set_adapter("task_c")
     with pytest.raises(ValueError, match="must be a Python identifier"):
         model.add_adapter("my.adapter", LoraConfig())
+
+
+def random_B(model, adapter_name, seed=5):
+    """Give ``adapter_name`` random B's, so that it changes the logits (its B's are zero at init)."""
+    rng = np.random.default_rng(seed)
+    for _, layer in lora_layers(model.model):
+        if adapter_name in layer.lora_B:
+            B = layer.lora_B[adapter_name]
+            B.data = backend.asarray(rng.standard_normal(B.shape), dtype=B.dtype)
+
+
+def test_deleting_the_active_adapter_falls_back_to_the_first_remaining_one(float64):
+    model = get_peft_model(tiny_gpt(), LoraConfig(r=2), adapter_name="a")
+    train(model, steps=2)
+    a_out = logits(model.eval())
+    model.add_adapter("b", LoraConfig(r=2))
+    model.add_adapter("c", LoraConfig(r=2))
+    model.set_adapter("b")
+    model.delete_adapter("b")
+    assert model.active_adapter == "a"  # the first one added that is left, as PEFT
+    assert all(layer.active_adapter == "a" for _, layer in lora_layers(model.model))
+    assert {n.split(".")[-1] for n, p in model.named_parameters() if p.requires_grad} == {"a"}  # and it trains
+    np.testing.assert_array_equal(logits(model), a_out)
+    model.delete_adapter("a")
+    assert model.active_adapter == "c" and count_parameters(model)[0] > 0
+    model.delete_adapter("c")
+    assert model.active_adapter is None and not lora_layers(model.model)
+    np.testing.assert_array_equal(logits(model), logits(tiny_gpt()))
+
+
+# ---- disable_adapter(): a flag, so what happens inside the block keeps its meaning ---------
+@pytest.fixture
+def two_adapters(float64):
+    """A model with adapters a (active) and b, both non-zero; the logits of the base, of a and of b."""
+    gpt = tiny_gpt()
+    base = logits(gpt)
+    model = get_peft_model(gpt, LoraConfig(r=2), adapter_name="a")
+    model.add_adapter("b", LoraConfig(r=2, target_modules=["q", "k"]))
+    random_B(model, "a", seed=1)
+    random_B(model, "b", seed=2)
+    model.eval()
+    a_out = logits(model)
+    model.set_adapter("b")
+    b_out = logits(model)
+    model.set_adapter("a")
+    assert not np.allclose(a_out, base) and not np.allclose(b_out, base) and not np.allclose(a_out, b_out)
+    return model, base, a_out, b_out
+
+
+def test_set_adapter_inside_disable_adapter(two_adapters):
+    model, base, a_out, b_out = two_adapters
+    with model.disable_adapter():
+        model.set_adapter("b")
+        assert model.active_adapter == "b"
+        np.testing.assert_array_equal(logits(model), base)  # still disabled inside the block
+    np.testing.assert_array_equal(logits(model), b_out)  # and b, not a, once it ends
+
+
+def test_delete_adapter_inside_disable_adapter(two_adapters):
+    model, base, a_out, b_out = two_adapters
+    with model.disable_adapter():
+        model.delete_adapter("a")
+        np.testing.assert_array_equal(logits(model), base)
+    assert model.active_adapter == "b"
+    np.testing.assert_array_equal(logits(model), b_out)
+
+
+def test_merge_and_unload_inside_disable_adapter_keeps_the_trained_adapter(two_adapters):
+    model, base, a_out, b_out = two_adapters
+    with model.disable_adapter():
+        plain = model.merge_and_unload()
+    assert not lora_layers(plain)
+    np.testing.assert_allclose(logits(plain), a_out, rtol=1e-10, atol=1e-12)
+
+
+def test_merge_adapter_inside_disable_adapter_is_refused(two_adapters):
+    model, base, a_out, b_out = two_adapters
+    with model.disable_adapter():
+        with pytest.raises(RuntimeError, match=r"adapters are disabled.*cannot be switched off.*Fix: merge after the with block"):
+            model.merge_adapter()
+        np.testing.assert_array_equal(logits(model), base)
+    np.testing.assert_array_equal(logits(model), a_out)
+
+
+def test_add_adapter_inside_disable_adapter(two_adapters):
+    model, base, a_out, b_out = two_adapters
+    with model.disable_adapter():
+        with model.disable_adapter():  # nested: the inner end leaves the outer block disabled
+            pass
+        np.testing.assert_array_equal(logits(model), base)
+        model.add_adapter("c", LoraConfig(r=2, target_modules=["v", "attn.o"]))  # v holds a, o is new
+        random_B(model, "c", seed=3)
+        np.testing.assert_array_equal(logits(model), base)
+        assert model.model.blocks[0].attn.o.disable_adapters  # a layer made inside the block starts disabled
+        model.set_adapter("c")
+        np.testing.assert_array_equal(logits(model), base)
+    assert not any(layer.disable_adapters for _, layer in lora_layers(model.model))
+    assert not np.allclose(logits(model), base)
+    model.set_adapter("a")
+    np.testing.assert_array_equal(logits(model), a_out)
+
+
+# ---- LoRA on GPT-2's tied lm_head -------------------------------------------------
+def test_lora_on_the_tied_lm_head_unties_it_so_merging_leaves_the_embedding(float64, tmp_path):
+    gpt = tiny_gpt()
+    assert gpt.lm_head.weight is gpt.wte.weight
+    wte, shared_config = gpt.wte.weight, gpt.config
+    E = wte.numpy().copy()
+    model = get_peft_model(gpt, LoraConfig(r=2, target_modules=["lm_head"]))
+    random_B(model, "default")
+    head = model.model.lm_head
+    assert head.base_layer.weight is not wte and model.model.wte.weight is wte  # the head got its own copy
+    np.testing.assert_array_equal(head.base_layer.weight.numpy(), E)
+    assert not head.base_layer.weight.requires_grad and model.model.config.tie_weights is False
+    assert shared_config.tie_weights  # a new config: one the user may share with another model is not changed
+    unmerged = logits(model.eval())
+    model.merge_adapter()
+    np.testing.assert_array_equal(model.model.wte.weight.numpy(), E)  # the embedding is untouched
+    np.testing.assert_allclose(logits(model), unmerged, rtol=1e-10, atol=1e-12)
+    model.unmerge_adapter()
+    plain = model.merge_and_unload()
+    np.testing.assert_allclose(logits(plain), unmerged, rtol=1e-10, atol=1e-12)
+    plain.save_pretrained(tmp_path)  # untied: the merged head is saved beside wte
+    np.testing.assert_allclose(logits(GPT.from_pretrained(tmp_path, dtype="float64")), unmerged, rtol=1e-10, atol=1e-12)
+
+
+def test_pissa_on_the_tied_lm_head_keeps_the_output_at_init(float64):
+    gpt = tiny_gpt()
+    before = logits(gpt)
+    E = gpt.wte.weight.numpy().copy()
+    model = get_peft_model(gpt, LoraConfig(r=2, init_lora_weights="pissa", target_modules=["lm_head", "q"]))
+    np.testing.assert_allclose(logits(model), before, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(model.model.wte.weight.numpy(), E)  # the residual went into the head's copy only

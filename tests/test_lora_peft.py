@@ -123,6 +123,7 @@ def our_logits(model):
     LoraConfig(r=2, lora_alpha=4),  # the paper's q, v -> c_attn of rank 4
     LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", rank_pattern={r"1\.attn\.v": 3}, alpha_pattern={"q": 1}),
     LoraConfig(r=4, lora_alpha=2, use_rslora=True, target_modules=["k", "mlp.c_proj"]),
+    LoraConfig(r=np.int64(2), lora_alpha=np.int64(3), target_modules={"q", "c_fc"}),  # as PEFT accepts them
 ])
 def test_exported_adapter_gives_peft_the_same_logits(torch, gpt2_folder, config):
     tmp_path, gpt = gpt2_folder
@@ -171,3 +172,103 @@ def test_export_refuses_a_layer_gpt2_lacks(gpt2_folder):
     model = get_peft_model(gpt, LoraConfig(r=2, target_modules=["lm_head"]))
     with pytest.raises(ValueError, match=r"layer 'lm_head' has no GPT-2 counterpart"):
         save_peft_gpt2(model, "/nonexistent")
+
+
+# ---- PiSSA across the boundary: PEFT's portable form, a plain LoRA adapter on GPT-2's own weights ----
+def perturb(model, scale=0.3, seed=7):
+    """Move every A and B as training would, so that a wrong base or a lost factor shows in the logits."""
+    rng = np.random.default_rng(seed)
+    for _, layer in lora_layers(model.model):
+        for factor in (layer.lora_A["default"], layer.lora_B["default"]):
+            factor.data = factor.data + backend.asarray(rng.standard_normal(factor.shape) * scale, like=factor.data)
+
+
+@pytest.mark.parametrize("config", [
+    LoraConfig(r=2, lora_alpha=4, init_lora_weights="pissa", target_modules=["q", "v", "c_fc"]),
+    LoraConfig(r=3, lora_alpha=2, init_lora_weights="pissa", use_rslora=True, target_modules=["k", "o"],
+               rank_pattern={r"1\.attn\.k": 2}),
+])
+def test_pissa_adapter_exports_as_a_plain_lora_adapter_that_peft_reads_on_the_original_gpt2(torch, gpt2_folder, config):
+    tmp_path, gpt = gpt2_folder  # the folder holds the original GPT-2, saved before PiSSA
+    model = get_peft_model(gpt, config)
+    perturb(model)
+    save_peft_gpt2(model, tmp_path / "adapter")
+    theirs, peft_model = hf_peft_logits(torch, tmp_path / "base", tmp_path / "adapter")
+    np.testing.assert_allclose(our_logits(model), theirs, rtol=1e-9, atol=1e-10)
+    saved = peft_model.peft_config["default"]
+    assert saved.init_lora_weights is True  # PEFT must not redo PiSSA on load: these factors fit W0 itself
+    qkv = [layer.r["default"] for name, layer in lora_layers(model.model) if name in ("blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.v")]
+    assert peft_model.base_model.model.transformer.h[0].attn.c_attn.r["default"] == 2 * sum(qkv)  # [A; A0]: rank 2r each
+
+
+def pissa_peft_adapter(torch, tmp_path, **kwargs):
+    """PEFT's own PiSSA on GPT-2 (float32: PEFT refuses PiSSA in float64), "trained"; its logits, saved both ways."""
+    transformers, peft = require_oracle("transformers"), require_oracle("peft")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base", dtype=torch.float32)
+    theirs = peft.get_peft_model(hf, peft.LoraConfig(init_lora_weights="pissa", fan_in_fan_out=True, **kwargs))
+    theirs.save_pretrained(tmp_path / "initial")  # PEFT's recipe: the adapter before training, for the conversion
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.3)
+    theirs.eval()
+    with torch.no_grad():
+        expected = theirs(torch.tensor(IDX)).logits.numpy()
+    theirs.save_pretrained(tmp_path / "pissa")  # as trained: PEFT redoes PiSSA's SVD when it loads this
+    theirs.save_pretrained(tmp_path / "converted", path_initial_model_for_weight_conversion=str(tmp_path / "initial"))
+    return expected
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(r=3, lora_alpha=6, target_modules=["c_attn", "c_proj"]),
+    dict(r=2, lora_alpha=3, target_modules=["c_fc", "c_attn"], use_rslora=True),
+    dict(r=2, lora_alpha=3, target_modules=["c_fc"], rank_pattern={"h.0.mlp.c_fc": 3}, alpha_pattern={"h.1.mlp.c_fc": 5}),
+])  # (PEFT cannot convert rsLoRA with patterns, so that pair is not here)
+def test_peft_pissa_adapter_imports_with_peft_logits(torch, gpt2_folder, kwargs):
+    tmp_path, _ = gpt2_folder
+    expected = pissa_peft_adapter(torch, tmp_path, **kwargs)
+    for folder in ("pissa", "converted"):  # both of PEFT's forms give the same model here
+        ours = load_peft_gpt2(GPT.from_pretrained(tmp_path / "base", dtype="float64"), tmp_path / folder)
+        np.testing.assert_allclose(our_logits(ours), expected, rtol=1e-5, atol=1e-6, err_msg=folder)  # PEFT ran in float32
+        config = ours.peft_config["default"]
+        assert config.init_lora_weights is True  # as PEFT's conversion writes it: rank 2r, the same scale
+        assert {layer.r["default"] for _, layer in lora_layers(ours.model)} == \
+            {2 * r for r in [kwargs["r"], *kwargs.get("rank_pattern", {}).values()]}
+    # ... and back out: PEFT reads our export on the original GPT-2.
+    save_peft_gpt2(ours, tmp_path / "again")
+    again, _ = hf_peft_logits(torch, tmp_path / "base", tmp_path / "again")
+    np.testing.assert_allclose(again, our_logits(ours), rtol=1e-9, atol=1e-10)
+
+
+def test_peft_inits_that_change_gpt2s_weights_are_refused_or_need_the_model(gpt2_folder):
+    from minilora.lora import from_peft_gpt2
+
+    _, gpt = gpt2_folder
+    A = {"base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight": np.zeros((2, 16)),
+         "base_model.model.transformer.h.0.mlp.c_fc.lora_B.weight": np.zeros((64, 2))}
+    for init in ("pissa_niter_4", "olora", "corda", "loftq"):
+        with pytest.raises(ValueError, match=rf"init_lora_weights='{init}' changes GPT-2's own weights.*"
+                                             r"path_initial_model_for_weight_conversion"):
+            from_peft_gpt2({"peft_type": "LORA", "lora_alpha": 4, "init_lora_weights": init}, A, model=gpt)
+    with pytest.raises(ValueError, match=r"PiSSA adapter's factors belong to a residual.*Fix: load_peft_gpt2\(model, path\)"):
+        from_peft_gpt2({"peft_type": "LORA", "lora_alpha": 4, "init_lora_weights": "pissa"}, A)
+    config, _ = from_peft_gpt2({"peft_type": "LORA", "lora_alpha": 4, "init_lora_weights": "pissa"}, A, model=gpt)
+    assert config.r == 4 and config.lora_alpha == 8  # rank 2r, the same scale
+
+
+def test_init_false_draws_B_as_peft_does(torch):
+    peft = require_oracle("peft")
+    k, d, r = 300, 400, 4
+    ours = LoRALinear(Linear(k, d), rng=np.random.default_rng(0))
+    ours.add_adapter("default", r, 8, 2.0, init=False)
+    torch.manual_seed(0)
+    theirs = peft.get_peft_model(_Holder.make(torch, k, d), peft.LoraConfig(r=r, lora_alpha=8, init_lora_weights=False,
+                                                                            target_modules=["q"]))
+    layer = theirs.base_model.model.q
+    for ours_f, theirs_f in ((ours.lora_A["default"], layer.lora_A["default"].weight),
+                             (ours.lora_B["default"], layer.lora_B["default"].weight)):
+        a, t = ours_f.numpy(), theirs_f.detach().numpy()
+        assert a.shape == t.shape
+        assert np.abs(a).max() <= np.abs(t).max() * 1.02 and np.abs(t).max() <= np.abs(a).max() * 1.02  # the same bound
+        assert abs(a.std() / t.std() - 1) < 0.05  # the same spread

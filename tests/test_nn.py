@@ -17,6 +17,19 @@ def tiny_block(n_embd=8, n_head=2, seed=0):
 
 # ---- the Module API -------------------------------------------------------------
 
+def test_parameter_of_a_tensor_shares_its_data_as_torch_does():
+    t = Tensor(np.array([1.0, 2.0]))
+    p = nn.Parameter(t)
+    assert p.data is t.data and p.requires_grad and p.is_leaf and p.dtype == np.float64
+    p.data[0] = 5.0  # torch.nn.Parameter(t) shares t's storage too
+    assert t.numpy()[0] == 5.0
+    layer = nn.Linear(2, 1)
+    layer.weight = nn.Parameter(layer.weight * 2)  # a computed Tensor becomes a leaf parameter
+    assert layer.weight.is_leaf and dict(layer.named_parameters())["weight"] is layer.weight
+    frozen = nn.Parameter(t, requires_grad=False, dtype="float32")
+    assert not frozen.requires_grad and frozen.dtype == np.float32 and frozen.data is not t.data
+
+
 def test_named_parameters_and_modules_follow_attribute_names():
     block = tiny_block()
     names = [n for n, _ in block.named_parameters()]

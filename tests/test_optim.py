@@ -87,6 +87,30 @@ def test_load_state_dict_names_bad_shapes():
         opt.load_state_dict(bad)
 
 
+@pytest.mark.parametrize("state, message", [
+    ({"0": {"step": 1, "exp_avg": np.ones((2, 2))}}, r"holds \['exp_avg', 'step'\].*keeps \['exp_avg', 'exp_avg_sq', 'step'\]"),
+    ({"0": {"step": -1, "exp_avg": np.ones((2, 2)), "exp_avg_sq": np.ones((2, 2))}}, r"counter 'step'.*-1"),
+    ({"0": {"step": 1.5, "exp_avg": np.ones((2, 2)), "exp_avg_sq": np.ones((2, 2))}}, r"counter 'step'.*1\.5"),
+    ({"3": {"step": 1, "exp_avg": np.ones((2, 2)), "exp_avg_sq": np.ones((2, 2))}}, r"parameter 3.*1 parameters"),
+])
+def test_load_state_dict_refuses_incomplete_state_and_changes_nothing(state, message):
+    p = Parameter(np.ones((2, 2)))
+    opt = AdamW([p], lr=0.1)
+    p.grad = np.ones((2, 2))
+    opt.step()
+    before = {name: np.copy(value) for name, value in opt.state[0].items()}
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict({"hyperparameters": {"lr": 0.5}, "state": state})
+    assert opt.lr == 0.1
+    assert all(np.array_equal(opt.state[0][name], value) for name, value in before.items())
+
+
+def test_load_state_dict_refuses_unknown_hyperparameters():
+    opt = SGD([Parameter(np.zeros(2))], lr=0.1)
+    with pytest.raises(ValueError, match=r"\['betas'\].*SGD"):
+        opt.load_state_dict({"hyperparameters": {"lr": 0.1, "betas": [0.9, 0.999]}, "state": {}})
+
+
 def test_bad_hyperparameters_raise():
     p = Parameter(np.zeros(2))
     with pytest.raises(ValueError, match="empty"):

@@ -1,14 +1,15 @@
 """fit(): it learns, it is deterministic, and its checkpoints resume exactly and survive crashes."""
+import json
 import os
 
 import numpy as np
 import pytest
 
 from minilora import data, to_numpy
-from minilora.io import load_safetensors
+from minilora.io import load_safetensors, save_safetensors
 from minilora.models import GPT, GPTConfig
 from minilora.optim import SGD, AdamW, warmup_cosine
-from minilora.train import CHECKPOINT_FILE, fit, generation_metrics, mean_loss
+from minilora.train import CHECKPOINT_FILE, _generators, fit, generation_metrics, load_checkpoint, mean_loss
 
 TOKENS = np.array(data.CharTokenizer.printable().encode(data.pretraining_corpus(300, seed=1)))
 
@@ -101,6 +102,68 @@ def test_foreign_checkpoint_and_wrong_optimizer_are_named(tmp_path):
     model = tiny_gpt()
     with pytest.raises(ValueError, match="AdamW.*SGD"):
         fit(model, SGD(model.parameters(), lr=0.1), windows, 4, checkpoint_dir=other, progress=False)
+
+
+def drop(mapping, key):
+    del mapping[key]
+
+
+def edit_json(metadata, key, edit):
+    value = json.loads(metadata[key])
+    edit(value)
+    metadata[key] = json.dumps(value)
+
+
+# Each damage: (what it does to the arrays and metadata of a checkpoint, what the error must say).
+DAMAGES = {
+    "no-generators": (lambda arrays, meta: drop(meta, "generators"), "no metadata entry 'generators'"),
+    "history-cut": (lambda arrays, meta: meta.update(history=meta["history"][:20]), "metadata entry 'history' is not valid JSON"),
+    "step-text": (lambda arrays, meta: meta.update(step='"seven"'), "metadata entry 'step' is 'seven', not of type int"),
+    "no-exp_avg": (lambda arrays, meta: drop(arrays, "optimizer.0.exp_avg"),
+                   "optimizer state of parameter 0 holds ['exp_avg_sq', 'step'], but AdamW keeps ['exp_avg', 'exp_avg_sq', 'step']"),
+    "no-weight": (lambda arrays, meta: drop(arrays, "model.wpe.weight"), "missing tensor model.wpe.weight"),
+    "misshapen-weight": (lambda arrays, meta: arrays.update({"model.ln_f.bias": np.zeros(3, np.float32)}),
+                         "model.ln_f.bias has shape (3,), the model (16,)"),
+    "dropout-generator": (lambda arrays, meta: edit_json(meta, "generators", lambda g: g.pop("drop.rng")),
+                          "no usable random state for 'drop.rng'"),
+    "data-generator": (lambda arrays, meta: edit_json(meta, "generators", lambda g: g["data"].update(state="x")),
+                       "no usable random state for 'data'"),
+    "no-eps": (lambda arrays, meta: edit_json(meta, "optimizer", lambda o: o["hyperparameters"].pop("eps")),
+               "no optimizer hyperparameter 'eps'"),
+    "negative-step": (lambda arrays, meta: edit_json(meta, "optimizer", lambda o: o["counters"]["0"].update(step=-1)),
+                      "optimizer counter 'step' of parameter 0 is -1, not an integer >= 0"),
+}
+
+
+def snapshot(model, optimizer, rng):
+    """Everything load_checkpoint may change, copied to the host."""
+    return {"model": {name: to_numpy(a).copy() for name, a in model.state_dict().items()},
+            "optimizer": {i: {k: to_numpy(v).copy() for k, v in s.items()} for i, s in optimizer.state.items()},
+            "hyperparameters": optimizer.hyperparameters(), "rng": rng.bit_generator.state,
+            "generators": {name: g.bit_generator.state for name, g in _generators(model).items()}}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_checkpoint_is_named_and_nothing_is_half_loaded(tmp_path, damage):
+    edit, expected = DAMAGES[damage]
+    train(3, checkpoint_dir=tmp_path)
+    path = tmp_path / CHECKPOINT_FILE
+    arrays, metadata = load_safetensors(path)
+    edit(arrays, metadata)
+    save_safetensors(path, arrays, metadata)
+
+    model = tiny_gpt()  # a run in progress, with its own weights, moments and random states
+    optimizer = AdamW(model.parameters(), lr=3e-3)
+    fit(model, optimizer, windows, 2, seed=9, progress=False)
+    rng = np.random.default_rng(11)
+    before = snapshot(model, optimizer, rng)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(str(path), model, optimizer, rng)
+    message = str(info.value)
+    assert message.startswith(f"{path} cannot be resumed: ")
+    assert expected in message
+    assert "Fix: point to an intact copy" in message and "--fresh" in message
+    np.testing.assert_equal(snapshot(model, optimizer, rng), before)
 
 
 def test_generation_metrics_on_a_memorised_task():

@@ -13,6 +13,8 @@ from .elementwise import (
 from .embedding import Dropout, Embedding, dropout, embedding
 from .linalg import Linear, MatMul, linear, matmul
 from .norm import LayerNorm, RMSNorm, layer_norm, rms_norm
+from .repeat import RepeatInterleave, repeat_interleave
+from .rope import RoPE, rope
 from .reduce import Max, Mean, Sum, Var, max, mean, sum, var
 from .shape import (
     Concatenate, GetItem, Permute, Reshape, Where,
@@ -25,5 +27,5 @@ __all__ = [
     "gelu", "matmul", "linear", "sum", "mean", "max", "var",
     "reshape", "permute", "transpose", "getitem", "concatenate", "split", "where", "masked_fill",
     "softmax", "log_softmax", "cross_entropy", "layer_norm", "rms_norm", "embedding", "dropout",
-    "scaled_dot_product_attention", "erf",
+    "scaled_dot_product_attention", "erf", "rope", "repeat_interleave",
 ]

@@ -43,7 +43,7 @@ class ScaledDotProductAttention(Function):
         # 4. out = P v  =>  dP = dout v^T, dv = P^T dout
         dprobs = grad @ v.swapaxes(-1, -2)  # (B, H, T, S)
         dv = probs.swapaxes(-1, -2) @ grad  # (B, H, S, D)
-        # 3. P = softmax(scores)  =>  dscores = P (dP - sum(dP P)), built in dP's buffer
+        # 3. P = softmax(scores)  =>  dscores = P * (dP - sum(dP * P, keys)), built in dP's buffer
         row_dot = (dprobs * probs).sum(axis=-1, keepdims=True)  # (B, H, T, 1)
         dprobs -= row_dot
         dscores = dprobs

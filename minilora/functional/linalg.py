@@ -14,6 +14,15 @@ def _check_matmul(a, b):
             "The last axis of the first must equal the second-to-last of the second; "
             "did you forget a transpose?"
         )
+    batch_a, batch_b = tuple(a.shape[:-2]), tuple(b.shape[:-2])  # a vector has no batch axes
+    clashes = [(-i, n, m) for i, (n, m) in enumerate(zip(reversed(batch_a), reversed(batch_b)), 1) if n != m and 1 not in (n, m)]
+    if clashes:
+        where = ", ".join(f"{n} != {m} at batch axis {axis}" for axis, n, m in reversed(clashes))
+        raise ValueError(
+            f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} have batch axes {batch_a} and {batch_b} "
+            f"that do not broadcast: {where}. Batch axes (all but the last two) pair up from the right and "
+            "must be equal or 1. Fix: reshape one input, e.g. add a size-1 axis."
+        )
 
 
 class MatMul(Function):

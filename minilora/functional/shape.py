@@ -2,10 +2,22 @@
 
 Each backward sends every gradient value back to the place its value came from.
 """
+import numbers
+
 import numpy as np
 
 from .. import backend
 from ..autograd import Function, Tensor
+
+
+def _check_axis(op, axis, shape):
+    """``axis`` as a number in [0, ndim), or a ValueError that names ``op``, the axis and the shape."""
+    ndim = len(shape)
+    if not isinstance(axis, numbers.Integral) or not -ndim <= axis < ndim:
+        valid = f"{ndim} axes: {-ndim} to {ndim - 1}" if ndim else "it has no axes"
+        raise ValueError(f"{op}: axis {axis} is out of range for shape {tuple(shape)} ({valid}). "
+                         "Fix: count axes from 0, or from -1 for the last.")
+    return int(axis) % ndim
 
 
 class Reshape(Function):
@@ -25,14 +37,16 @@ class Reshape(Function):
 class Permute(Function):
     @staticmethod
     def forward(ctx, x, axes):
-        if sorted(a % x.ndim for a in axes) != list(range(x.ndim)):
-            raise ValueError(f"permute: axes {tuple(axes)} are not a permutation of the {x.ndim} axes of {x.shape}")
+        axes = tuple(_check_axis("permute", a, x.shape) for a in axes)
+        if sorted(axes) != list(range(x.ndim)):
+            raise ValueError(f"permute: axes {axes} are not a permutation of the {x.ndim} axes of {tuple(x.shape)}. "
+                             f"Fix: name each axis once, e.g. {tuple(reversed(range(x.ndim)))}.")
         ctx.axes = axes
         return x.transpose(axes)
 
     @staticmethod
     def backward(ctx, grad):  # y = x.transpose(p)  =>  dx = dy.transpose(inverse of p)
-        return grad.transpose(np.argsort([a % grad.ndim for a in ctx.axes])), None
+        return grad.transpose(np.argsort(ctx.axes)), None
 
 
 def _has_array_index(index):
@@ -51,7 +65,11 @@ class GetItem(Function):
     @staticmethod
     def forward(ctx, x, index):
         ctx.shape, ctx.dtype, ctx.index = x.shape, x.dtype, index
-        return x[index]
+        try:
+            return x[index]
+        except IndexError as error:
+            raise IndexError(f"getitem: {error} (tensor of shape {tuple(x.shape)}). "
+                             "Fix: an index into an axis of size n must be in [-n, n).") from None
 
     @staticmethod
     def backward(ctx, grad):  # y = x[i]  =>  dx[i] += dy (repeated indices add up)
@@ -68,13 +86,18 @@ class Concatenate(Function):
     @staticmethod
     def forward(ctx, axis, *xs):
         xp = backend.array_module(xs[0])
+        shapes = ", ".join(str(tuple(x.shape)) for x in xs)
+        if len({x.ndim for x in xs}) > 1:
+            raise ValueError(f"concatenate: shapes {shapes} have different numbers of axes "
+                             f"({', '.join(str(x.ndim) for x in xs)}). Fix: reshape them to the same number of axes.")
+        axis = _check_axis("concatenate", axis, xs[0].shape)
         ctx.axis = axis
         ctx.bounds = np.cumsum([x.shape[axis] for x in xs])[:-1]
         try:
             return xp.concatenate(xs, axis=axis)
         except ValueError:
-            shapes = ", ".join(str(tuple(x.shape)) for x in xs)
-            raise ValueError(f"concatenate: shapes {shapes} differ off axis {axis}") from None
+            raise ValueError(f"concatenate: shapes {shapes} differ off axis {axis}; "
+                             f"only the sizes along axis {axis} may differ.") from None
 
     @staticmethod
     def backward(ctx, grad):  # y = [x1, x2, ...] along axis  =>  dx_k = the k-th slab of dy
@@ -86,6 +109,14 @@ class Where(Function):
     @staticmethod
     def forward(ctx, condition, a, b):
         xp = backend.array_module(condition)
+        shapes = [tuple(np.shape(v)) for v in (condition, a, b)]
+        try:
+            np.broadcast_shapes(*shapes)
+        except ValueError:
+            raise ValueError(
+                f"where: condition, a and b have shapes {shapes[0]}, {shapes[1]} and {shapes[2]} that cannot be broadcast "
+                "together (trailing dimensions must be equal or 1). Fix: reshape one input, e.g. add a size-1 axis."
+            ) from None
         ctx.condition = condition
         return xp.where(condition, a, b)
 
@@ -108,6 +139,7 @@ def permute(x, *axes):
 
 def transpose(x, axis0=-2, axis1=-1):
     """Swap two axes (the last two by default), as torch.transpose."""
+    axis0, axis1 = _check_axis("transpose", axis0, x.shape), _check_axis("transpose", axis1, x.shape)
     axes = list(range(x.ndim))
     axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
     return Permute.apply(x, tuple(axes))
@@ -119,15 +151,28 @@ def getitem(x, index):
 
 
 def concatenate(xs, axis=0):
+    """Join tensors (a list, at least one) along ``axis``; their other axes must agree, as torch.cat."""
+    xs = list(xs)
+    if not xs:
+        raise ValueError("concatenate: got no tensors to join. Fix: pass a list of at least one tensor.")
     return Concatenate.apply(axis, *xs)
 
 
 def split(x, sections, axis=0):
     """Split into pieces along ``axis``: ``sections`` is a piece size (as torch.split) or a list of sizes."""
+    axis = _check_axis("split", axis, x.shape)
     n = x.shape[axis]
-    sizes = [sections] * (n // sections) + ([n % sections] if n % sections else []) if isinstance(sections, int) else list(sections)
+    if isinstance(sections, numbers.Integral):
+        if sections <= 0:
+            raise ValueError(f"split: the piece size must be a positive integer, got {sections}. "
+                             "Fix: a size of 1 or more, or a list of sizes.")
+        sizes = [int(sections)] * (n // sections) + ([n % sections] if n % sections else [])
+    else:
+        sizes = list(sections)
+        if not all(isinstance(size, numbers.Integral) and size >= 0 for size in sizes):
+            raise ValueError(f"split: sizes {sizes} must be integers >= 0. Fix: one size per piece, adding up to {n}.")
     if sum(sizes) != n:
-        raise ValueError(f"split: sizes {sizes} add up to {sum(sizes)}, but axis {axis} has {n}")
+        raise ValueError(f"split: sizes {sizes} add up to {sum(sizes)}, but axis {axis} has {n}. Fix: sizes that add up to {n}.")
     pieces, start = [], 0
     for size in sizes:
         index = [slice(None)] * x.ndim

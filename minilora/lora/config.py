@@ -5,11 +5,12 @@ reads the same to someone who knows PEFT.
 """
 import dataclasses
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 
 BIAS_CHOICES = ("none", "all", "lora_only")
-INIT_CHOICES = (True, "gaussian", "pissa")
+INIT_CHOICES = (True, False, "gaussian", "pissa")
 
 
 @dataclass
@@ -19,14 +20,19 @@ class LoraConfig:
     r: the rank of each update B A.  lora_alpha: with r, sets the scale
     s = alpha / r (alpha / sqrt(r) if use_rslora).  lora_dropout: dropout on the
     input of the low-rank path only.  target_modules: which Linear layers to
-    adapt: a list of name suffixes ("q" matches "blocks.0.attn.q"), a regex that
-    must match the whole name, or "all-linear"; None means ["q", "v"], the
-    paper's choice.  exclude_modules: the same forms, removed from the targets.
-    bias: which biases train: "none", "all", or "lora_only" (those of adapted
-    layers).  init_lora_weights: True (Kaiming-uniform A, zero B, as loralib and
-    PEFT), "gaussian" (A ~ N(0, (1/r)^2), zero B, as PEFT), or "pissa" (A and B
-    from the top-r SVD of W0).  rank_pattern / alpha_pattern: per-layer
-    overrides, {regex matched against the end of the module name: value}.
+    adapt: a list (or set) of name suffixes ("q" matches "blocks.0.attn.q"), a
+    regex that must match the whole name, or "all-linear"; None means ["q", "v"],
+    the paper's choice.  exclude_modules: the same forms, removed from the
+    targets.  bias: which biases train: "none", "all", or "lora_only" (those of
+    adapted layers).  init_lora_weights: True (Kaiming-uniform A, zero B, as
+    loralib and PEFT), "gaussian" (A ~ N(0, (1/r)^2), zero B, as PEFT), False
+    (A and B both random, so the adapter is not zero at init: for tests, as
+    PEFT), or "pissa" (A and B from the top-r SVD of W0).  rank_pattern /
+    alpha_pattern: per-layer overrides, {regex matched against the end of the
+    module name: value}.
+
+    Values are stored as plain Python (a set of names becomes a sorted list,
+    numpy numbers become int or float), so ``to_dict()`` is plain JSON.
     """
 
     r: int = 8
@@ -43,30 +49,27 @@ class LoraConfig:
     def __post_init__(self):
         if self.target_modules is None:
             self.target_modules = ["q", "v"]
-        if isinstance(self.target_modules, tuple):
-            self.target_modules = list(self.target_modules)
-        _check_rank("r", self.r)
-        _check_alpha("lora_alpha", self.lora_alpha)
-        if not 0 <= self.lora_dropout < 1:
+        self.target_modules = _names("target_modules", self.target_modules)
+        if self.exclude_modules is not None:
+            self.exclude_modules = _names("exclude_modules", self.exclude_modules)
+        self.r = _rank("r", self.r)
+        self.lora_alpha = _alpha("lora_alpha", self.lora_alpha)
+        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, numbers.Real) \
+                or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"LoraConfig: lora_dropout={self.lora_dropout!r} must be in [0, 1). Fix: e.g. lora_dropout=0.1.")
+        self.lora_dropout = float(self.lora_dropout)
         if self.bias not in BIAS_CHOICES:
             raise ValueError(f"LoraConfig: bias={self.bias!r} is not one of {BIAS_CHOICES}. Fix: bias='none' (the paper's choice).")
-        if not (self.init_lora_weights is True or self.init_lora_weights in INIT_CHOICES[1:]):
+        init = self.init_lora_weights
+        if not (isinstance(init, bool) or (isinstance(init, str) and init in INIT_CHOICES)):  # 1 == True: check the type
             raise ValueError(
-                f"LoraConfig: init_lora_weights={self.init_lora_weights!r} is not one of {INIT_CHOICES}. "
+                f"LoraConfig: init_lora_weights={init!r} is not one of {INIT_CHOICES}. "
                 "Fix: init_lora_weights=True (Kaiming-uniform A, zero B)."
             )
-        for name, value in (("target_modules", self.target_modules), ("exclude_modules", self.exclude_modules)):
-            if value is not None and not isinstance(value, str) and not (
-                isinstance(value, list) and all(isinstance(v, str) for v in value)
-            ):
-                raise ValueError(
-                    f"LoraConfig: {name}={value!r} must be a list of name suffixes, a regex string, or 'all-linear'."
-                )
-        for key, value in self.rank_pattern.items():
-            _check_rank(f"rank_pattern[{key!r}]", value)
-        for key, value in self.alpha_pattern.items():
-            _check_alpha(f"alpha_pattern[{key!r}]", value)
+        self.rank_pattern = {key: _rank(f"rank_pattern[{key!r}]", value)
+                             for key, value in _patterns("rank_pattern", self.rank_pattern).items()}
+        self.alpha_pattern = {key: _alpha(f"alpha_pattern[{key!r}]", value)
+                              for key, value in _patterns("alpha_pattern", self.alpha_pattern).items()}
 
     # ---- per-layer choices --------------------------------------------------
     def targets(self, name):
@@ -76,10 +79,15 @@ class LoraConfig:
 
     def rank_and_alpha(self, name):
         """(r, alpha) for the module called ``name``, after rank_pattern and alpha_pattern."""
-        return (_pattern_value(self.rank_pattern, name, self.r), _pattern_value(self.alpha_pattern, name, self.lora_alpha))
+        return (pattern_value(self.rank_pattern, name, self.r), pattern_value(self.alpha_pattern, name, self.lora_alpha))
 
     def scaling(self, r, alpha):
-        """s = alpha / r, or alpha / sqrt(r) with rsLoRA (which keeps the update's size stable as r grows)."""
+        """s = alpha / r (the paper's and PEFT's default), or alpha / sqrt(r) with rsLoRA.
+
+        Trained from B = 0, alpha / sqrt(r) keeps the size of s B A x about the same
+        as r changes, while alpha / r makes it smaller as r grows (measured in
+        docs/lora.md with bench/scaling_alpha.py).
+        """
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
     # ---- files --------------------------------------------------------------
@@ -99,17 +107,58 @@ class LoraConfig:
         return cls(**values)
 
 
-def _check_rank(what, r):
-    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+def _rank(what, r):
+    """``r`` as an int; numpy integers are fine, bools and floats are not."""
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r <= 0:
         raise ValueError(f"LoraConfig: {what}={r!r} must be a positive integer (the rank of B A). Fix: e.g. r=8.")
+    return int(r)
 
 
-def _check_alpha(what, alpha):
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+def _alpha(what, alpha):
+    """``alpha`` as an int or float: positive and finite (inf or NaN would make every output NaN)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < math.inf:
         raise ValueError(
-            f"LoraConfig: {what}={alpha!r} must be a positive number (the scale is alpha / r). "
+            f"LoraConfig: {what}={alpha!r} must be a finite positive number (the scale is alpha / r). "
             "Fix: set it to the first r you try, as the paper does, e.g. lora_alpha=8."
         )
+    return int(alpha) if isinstance(alpha, numbers.Integral) else float(alpha)
+
+
+def _regex_error(what, pattern, error):
+    return ValueError(
+        f"LoraConfig: {what} {pattern!r} is not a valid regular expression ({error}). "
+        "Fix: correct it, or escape characters meant literally (re.escape(name))."
+    )
+
+
+def _names(what, value):
+    """target_modules / exclude_modules as a regex string (checked) or a list of suffixes (a set is sorted)."""
+    if isinstance(value, str):
+        if value != "all-linear":
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise _regex_error(what, value, error) from None
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    raise ValueError(
+        f"LoraConfig: {what}={value!r} must be a list (or set) of name suffixes, a regex string, or 'all-linear'."
+    )
+
+
+def _patterns(what, pattern):
+    """Check rank_pattern / alpha_pattern: a dict whose keys are regexes."""
+    if not isinstance(pattern, dict):
+        raise ValueError(f"LoraConfig: {what}={pattern!r} must be a dict {{regex: value}}, e.g. {{'attn.v': 16}}.")
+    for key in pattern:
+        if not isinstance(key, str):
+            raise ValueError(f"LoraConfig: {what} key {key!r} must be a string (a regex for the end of a module name).")
+        try:
+            re.compile(rf"(.*\.)?({key})$")
+        except re.error as error:
+            raise _regex_error(f"{what} key", key, error) from None
+    return pattern
 
 
 def _matches(spec, name):
@@ -119,7 +168,8 @@ def _matches(spec, name):
     return any(name == s or name.endswith("." + s) for s in spec)
 
 
-def _pattern_value(pattern, name, default):
+def pattern_value(pattern, name, default):
+    """PEFT's per-module override: the value of the first key whose regex matches the end of ``name``."""
     for key, value in pattern.items():
         if re.match(rf"(.*\.)?({key})$", name):
             return value

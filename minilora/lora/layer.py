@@ -50,8 +50,11 @@ class LoRALinear(Module):
 
     Per adapter name: ``lora_A[name]`` (r, in), ``lora_B[name]`` (out, r),
     ``scaling[name]`` = s, ``lora_dropout[name]`` = p. ``active_adapter`` picks
-    the one in use (None: the base layer alone). ``merged_adapter`` names the
-    adapter folded into ``base_layer.weight``, if any.
+    the one in use (None: the base layer alone); ``disable_adapters`` switches
+    it off without forgetting it (LoraModel.disable_adapter). ``merged_adapter``
+    names the adapter folded into ``base_layer.weight``, if any.
+    ``pissa_residual`` lists what PiSSA inits took out of W0, as (s0, A0, B0)
+    host arrays: W0 = base_layer.weight + sum of s0 B0 A0 (see ``_pissa_init``).
     """
 
     def __init__(self, base_layer, rng=None):
@@ -64,7 +67,9 @@ class LoRALinear(Module):
         self.lora_B = AdapterDict()
         self.r, self.lora_alpha, self.scaling, self.lora_dropout = {}, {}, {}, {}
         self.active_adapter = None
+        self.disable_adapters = False
         self.merged_adapter = None
+        self.pissa_residual = []
         self.rng = rng if rng is not None else backend.default_rng()
 
     # ---- adapters -----------------------------------------------------------
@@ -74,7 +79,9 @@ class LoRALinear(Module):
         init True: A ~ U(-1/sqrt(in), 1/sqrt(in)) (Kaiming-uniform with a = sqrt(5), as loralib and
         PEFT), B = 0.  init "gaussian": A ~ N(0, (1/r)^2) (PEFT's std; the paper says only
         "Gaussian"), B = 0.  Either way B A = 0, so the model starts exactly where W0 left it.
-        init "pissa": see ``_pissa_init``.
+        init False: A as for True and B ~ U(-1/sqrt(r), 1/sqrt(r)) (PEFT's: torch's default
+        init of B as a Linear(r, out)), so B A != 0: the adapter changes the output from the
+        start, which tests use to see that it is applied.  init "pissa": see ``_pissa_init``.
         """
         check_adapter_name(name)
         if name in self.lora_A:
@@ -85,17 +92,18 @@ class LoRALinear(Module):
                 "B A would not be low-rank. Fix: lower r, or set rank_pattern={'<name>': smaller r} for this layer."
             )
         # Drawn on the host (one seed, one adapter on every backend), then put beside W0.
-        if init is True:
+        if init is True or init is False:
             bound = 1 / math.sqrt(self.in_features)
             A = self.rng.uniform(-bound, bound, size=(r, self.in_features))
+            bound = 1 / math.sqrt(r)
+            B = np.zeros((self.out_features, r)) if init else self.rng.uniform(-bound, bound, size=(self.out_features, r))
         elif init == "gaussian":
             A = self.rng.normal(0.0, 1.0 / r, size=(r, self.in_features))
+            B = np.zeros((self.out_features, r))
         elif init == "pissa":
             A, B = self._pissa_init(r, scaling)
         else:
-            raise ValueError(f"unknown init_lora_weights={init!r}; choose True, 'gaussian' or 'pissa'")
-        if init != "pissa":
-            B = np.zeros((self.out_features, r))
+            raise ValueError(f"unknown init_lora_weights={init!r}; choose True, False, 'gaussian' or 'pissa'")
         self.lora_A[name], self.lora_B[name] = self._beside_base(A), self._beside_base(B)
         self.r[name], self.lora_alpha[name], self.scaling[name], self.lora_dropout[name] = r, alpha, scaling, dropout
         if self.active_adapter is None:
@@ -106,6 +114,8 @@ class LoRALinear(Module):
 
         The base weight becomes the residual W0 - s B A (frozen): the model's
         output is unchanged, but training starts in W0's principal directions.
+        (s, A, B) go into ``pissa_residual``, so that the adapter can still be
+        written as a plain LoRA adapter on the original W0 (minilora.lora.peft_gpt2).
         """
         w = self.base_layer.weight
         W0 = backend.to_numpy(w.data).astype(np.float64)
@@ -114,6 +124,7 @@ class LoRALinear(Module):
         A = root[:, None] * Vh[:r]  # (r, in)
         B = U[:, :r] * root[None, :]  # (out, r)
         w.data = self._beside_base(W0 - scaling * (B @ A)).data
+        self.pissa_residual.append((scaling, A, B))
         return A, B
 
     def _beside_base(self, values):
@@ -136,6 +147,21 @@ class LoRALinear(Module):
     def _require(self, name):
         if name not in self.lora_A:
             raise KeyError(f"no adapter {name!r} in this layer; it has {self.lora_A.keys()}")
+
+    def plain_factors(self, name):
+        """(A, B) host arrays such that W0 + s B A is what this layer computes, for the ORIGINAL W0.
+
+        Without PiSSA that is the adapter's own A (r, in), B (out, r). After a
+        PiSSA init the base weight is the residual W0 - s0 B0 A0, so
+        W0 + s [B, -(s0/s) B0] [A; A0] = residual + s B A: a plain LoRA adapter of
+        rank r + r0, what PEFT's save_pretrained(path_initial_model_for_weight_conversion=...) writes.
+        """
+        self._require(name)
+        s = self.scaling[name]
+        A, B = backend.to_numpy(self.lora_A[name].data), backend.to_numpy(self.lora_B[name].data)
+        A = np.concatenate([A] + [A0.astype(A.dtype) for _, A0, _ in self.pissa_residual])  # (r + r0, in)
+        B = np.concatenate([B] + [(-s0 / s * B0).astype(B.dtype) for s0, _, B0 in self.pissa_residual], axis=1)  # (out, r + r0)
+        return A, B
 
     def delta_weight(self, name):
         """ΔW = s B A (out, in), the update the adapter adds to W0 (formed only for merging and analysis)."""
@@ -181,7 +207,7 @@ class LoRALinear(Module):
                 )
             return self.base_layer(x)
         name = self.active_adapter
-        if name is None:
+        if name is None or self.disable_adapters:
             return self.base_layer(x)
         p = self.lora_dropout[name]
         mask = None
@@ -193,4 +219,6 @@ class LoRALinear(Module):
 
     def extra_repr(self):
         adapters = ", ".join(f"{n}: r={self.r[n]}, s={self.scaling[n]:g}" for n in self.lora_A.keys())
-        return f"in_features={self.in_features}, out_features={self.out_features}, adapters=[{adapters}], active={self.active_adapter!r}"
+        disabled = ", disabled" if self.disable_adapters else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, adapters=[{adapters}], "
+                f"active={self.active_adapter!r}{disabled}")

@@ -8,9 +8,10 @@ LoraModel changes the wrapped model in place (each targeted Linear becomes a
 LoRALinear holding it), as PEFT does, and forwards calls to it.
 """
 import contextlib
+import dataclasses
 
 from .. import backend
-from ..nn import Linear, Module
+from ..nn import Linear, Module, Parameter
 from .config import LoraConfig
 from .layer import LoRALinear, check_adapter_name
 
@@ -85,11 +86,35 @@ def _set_submodule(model, name, module):
     object.__setattr__(parent, child, module)
 
 
+def _untie(model, linear):
+    """Give ``linear`` its own copy of a weight it shares with another module (GPT-2's lm_head and wte).
+
+    Merging and PiSSA write into the base weight; a shared weight would carry
+    those writes into the other module too (the token embedding), so the copy
+    is made before any adapter exists. It costs one more (out, in) matrix,
+    frozen like the original. A model that says it ties (GPT's
+    ``config.tie_weights``) gets a config that says it no longer does.
+    """
+    if not any(m is not linear and any(p is linear.weight for p in m._parameters.values()) for m in model.modules()):
+        return
+    own = Parameter._wrap(linear.weight.data.copy()).requires_grad_(linear.weight.requires_grad)
+    linear._parameters["weight"] = own  # in place, so the parameter order is unchanged
+    object.__setattr__(linear, "weight", own)
+    config = getattr(model, "config", None)
+    if getattr(config, "tie_weights", False) and dataclasses.is_dataclass(config):
+        model.config = dataclasses.replace(config, tie_weights=False)
+
+
 class LoraModel(Module):
     """A model with LoRA adapters: calls go to ``self.model``; only the active adapter's A and B train.
 
     ``peft_config`` maps adapter name -> LoraConfig; ``active_adapter`` is the
-    name in use. Attributes the wrapper lacks are looked up on the model.
+    name in use; ``adapters_disabled`` is True inside ``disable_adapter()``.
+    Attributes the wrapper lacks are looked up on the model.
+
+    A targeted Linear whose weight is shared with another module (GPT-2's
+    lm_head, tied to the token embedding wte) is untied first: it gets its own
+    frozen copy, so merging or PiSSA changes only the adapted layer.
     """
 
     def __init__(self, model, config, adapter_name="default", rng=None):
@@ -97,6 +122,7 @@ class LoraModel(Module):
         self.model = model
         self.peft_config = {}
         self.active_adapter = None
+        self.adapters_disabled = False
         self.rng = rng if rng is not None else backend.default_rng()
         self.add_adapter(adapter_name, config)
         self.set_adapter(adapter_name)
@@ -130,7 +156,9 @@ class LoraModel(Module):
         for name in names:
             m = self.model.get_submodule(name)
             if not isinstance(m, LoRALinear):
+                _untie(self.model, m)
                 m = LoRALinear(m, rng=self.rng)
+                m.disable_adapters = self.adapters_disabled
                 _set_submodule(self.model, name, m)
             r, alpha = config.rank_and_alpha(name)
             m.add_adapter(adapter_name, r, alpha, config.scaling(r, alpha), config.lora_dropout,
@@ -151,20 +179,32 @@ class LoraModel(Module):
 
     @contextlib.contextmanager
     def disable_adapter(self):
-        """Inside this block the model is the base model alone (the adapters are kept, only switched off)."""
+        """Inside this block the model is the base model alone (the adapters are kept, only switched off).
+
+        A flag on each layer switches them off, so what happens inside the block
+        (set_adapter, add_adapter, delete_adapter, merge_and_unload) keeps its
+        usual meaning and its effect shows once the block ends, as in PEFT.
+        """
         self._refuse_if_merged("disable_adapter()")
-        layers = lora_layers(self.model)
-        saved = [layer.active_adapter for _, layer in layers]
-        for _, layer in layers:
-            layer.active_adapter = None
+        previous = self.adapters_disabled
+        self._set_disabled(True)
         try:
             yield self
         finally:
-            for (_, layer), name in zip(layers, saved):
-                layer.active_adapter = name
+            self._set_disabled(previous)
+
+    def _set_disabled(self, flag):
+        self.adapters_disabled = flag
+        for _, layer in lora_layers(self.model):
+            layer.disable_adapters = flag
 
     def delete_adapter(self, adapter_name):
-        """Remove an adapter from every layer; a layer left with none becomes its plain Linear again."""
+        """Remove an adapter from every layer; a layer left with none becomes its plain Linear again.
+
+        Deleting the active adapter makes the first remaining one (in the order
+        they were added) active and trainable, as PEFT does; with none left, the
+        model computes the base model alone.
+        """
         self._require(adapter_name)
         self._refuse_if_merged(f"delete_adapter({adapter_name!r})")
         for name, layer in lora_layers(self.model):
@@ -175,6 +215,8 @@ class LoraModel(Module):
         del self.peft_config[adapter_name]
         if self.active_adapter == adapter_name:
             self.active_adapter = None
+            if self.peft_config:
+                self.set_adapter(next(iter(self.peft_config)))
 
     def _require(self, adapter_name):
         if adapter_name not in self.peft_config:
@@ -198,6 +240,14 @@ class LoraModel(Module):
                 f"merge_adapter(): adapter {self.active_adapter!r} is already merged; merging again would add "
                 "B A twice. Fix: unmerge_adapter() first."
             )
+        if self.adapters_disabled:
+            raise RuntimeError(
+                "merge_adapter(): adapters are disabled (inside disable_adapter()), and a merged adapter cannot be "
+                "switched off. Fix: merge after the with block."
+            )
+        self._merge()
+
+    def _merge(self):
         for _, layer in lora_layers(self.model):
             layer.merge()
 
@@ -209,9 +259,12 @@ class LoraModel(Module):
             layer.unmerge()
 
     def merge_and_unload(self):
-        """Merge the active adapter and return the plain model, every LoRALinear replaced by its merged Linear."""
+        """Merge the active adapter and return the plain model, every LoRALinear replaced by its merged Linear.
+
+        Inside ``disable_adapter()`` too: the caller asks for the trained model, so it is merged, not dropped.
+        """
         if not self._merged() and self.active_adapter is not None:
-            self.merge_adapter()
+            self._merge()
         for name, layer in lora_layers(self.model):
             _set_submodule(self.model, name, layer.base_layer)
         self.peft_config.clear()

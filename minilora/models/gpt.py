@@ -2,7 +2,8 @@
 
 Dimension legend (used in every shape comment below):
     B batch, T time (sequence length), C channels (n_embd), H heads,
-    D = C / H channels per head, V vocab, R rank (of LoRA factors, elsewhere)
+    D = C / H channels per head, V vocab, S keys attended (len(cache) + T);
+    r the rank of a LoRA adapter (minilora/lora), R the rank of PEFT's stacked c_attn adapter
 
     idx (B, T) -> wte + wpe -> drop -> blocks (pre-LN) -> ln_f -> lm_head -> logits (B, T, V)
 
@@ -92,6 +93,9 @@ class GPT(Module):
         if idx.ndim != 2:
             raise ValueError(f"GPT: idx must be (B, T) token ids, got shape {tuple(idx.shape)}. Fix: idx[None] for one sequence.")
         B, T = idx.shape
+        if T == 0:
+            raise ValueError(f"GPT: idx has shape {(B, T)}: a sequence needs at least one token. "
+                             "Fix: start each sequence with a token, e.g. the tokenizer's first or end-of-text id.")
         past = 0 if kv_cache is None else len(kv_cache[0])
         if past + T > self.config.block_size:
             raise ValueError(

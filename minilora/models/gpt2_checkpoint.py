@@ -38,8 +38,16 @@ BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 def config_from_hf(hf, path="config.json"):
     """A GPTConfig from a GPT-2 config.json dict; every setting our GPT cannot compute is listed in one error."""
-    missing = [k for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size") if k not in hf]
-    problems = [f"missing field(s) {missing}"] if missing else []
+    fix = "Fix: restore it from the model's source (or save the model again with save_pretrained), or point to an intact copy."
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path} is damaged: it holds a JSON {type(hf).__name__}, not an object. {fix}")
+    sizes = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+    damage = [f"missing field {k}" for k in sizes if k not in hf]
+    damage += [f"{k}={hf[k]!r} (must be a positive integer)" for k in sizes
+               if k in hf and (type(hf[k]) is not int or hf[k] <= 0)]  # type(): True is an int too
+    if damage:
+        raise ValueError(f"{path} is damaged: {'; '.join(damage)}. {fix}")
+    problems = []
     if hf.get("model_type", "gpt2") != "gpt2":
         problems.append(f"model_type={hf['model_type']!r} (only 'gpt2')")
     if hf.get("activation_function", "gelu_new") not in TANH_GELUS:
@@ -48,7 +56,7 @@ def config_from_hf(hf, path="config.json"):
                             ("reorder_and_upcast_attn", False), ("add_cross_attention", False)]:
         if hf.get(flag, supported) != supported:
             problems.append(f"{flag}={hf[flag]!r} (only {supported})")
-    if not missing and hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
         problems.append(f"n_inner={hf['n_inner']} (only 4 * n_embd = {4 * hf['n_embd']})")
     if problems:
         raise ValueError(
@@ -93,6 +101,20 @@ def hf_shapes(c):
     return shapes
 
 
+def state_names(c):
+    """Every name in the state dict of a GPT of config ``c`` (with biases): the keys hf_to_minilora makes."""
+    names = ["wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"] + ([] if c.tie_weights else ["lm_head.weight"])
+    for i in range(c.n_layer):
+        for layer in ("ln_1", "ln_2", "attn.q", "attn.k", "attn.v", "attn.o", "mlp.c_fc", "mlp.c_proj"):
+            names += [f"blocks.{i}.{layer}.weight", f"blocks.{i}.{layer}.bias"]
+    return names
+
+
+def _first(names, n=4):
+    """At most n names, then how many more: an error message stays readable for a 12-layer model."""
+    return (", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")) if names else "none"
+
+
 def check_hf_tensors(tensors, c, path):
     """Strip the ``transformer.`` prefix and check names and shapes; raise one ValueError listing every problem."""
     hf = {name.removeprefix("transformer."): a for name, a in tensors.items() if not name.endswith(BUFFER_SUFFIXES)}
@@ -112,7 +134,8 @@ def check_hf_tensors(tensors, c, path):
     if problems:
         raise ValueError(
             f"{path} does not match its config.json (n_layer={c.n_layer}, n_embd={c.n_embd}, vocab_size={c.vocab_size}, "
-            f"n_positions={c.block_size}): " + " | ".join(problems) + ". Fix: keep config.json and the weights from the same model."
+            f"n_positions={c.block_size}): " + " | ".join(problems)
+            + ". Fix: keep config.json and the weights from the same model, or point to an intact copy."
         )
     return hf
 
@@ -186,6 +209,16 @@ def save_gpt2(model, path):
     c = model.config
     if not c.bias:
         raise ValueError("save_pretrained: GPT-2 checkpoints always have biases, this model has bias=False. Fix: build it with bias=True.")
+    names, expected = set(model.state_dict()), set(state_names(c))
+    unexpected, missing = sorted(names - expected), sorted(expected - names)
+    if unexpected or missing:
+        if any(".lora_" in name for name in unexpected):  # LoRALinear's factors (models/ does not import minilora.lora)
+            fix = ("It holds LoRA layers. Fix: call merge_and_unload() on the LoraModel and save the GPT it returns, "
+                   "or save the adapter alone with save_pretrained on the LoraModel.")
+        else:
+            fix = "Fix: save a GPT built by GPT(config), whose weights are GPT-2's."
+        raise ValueError(f"save_pretrained: this model's weights are not plain GPT-2's: unexpected {_first(unexpected)}; "
+                         f"missing {_first(missing)}. {fix}")
     state = {name: backend.to_numpy(a) for name, a in model.state_dict().items()}
     dtypes = {a.dtype for a in state.values()}
     if len(dtypes) != 1:

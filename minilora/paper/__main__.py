@@ -1,0 +1,7 @@
+"""``python -m minilora.paper``: the same as ``minilora paper``."""
+import sys
+
+from ..cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["paper", *sys.argv[1:]]))
