@@ -60,7 +60,7 @@ NONSENSE = {
                  "--block-size": ["0"], "--eval-every": ["0"], "--checkpoint-every": ["0"]},
     "generate": {"--max-new-tokens": ["-5", "0"], "--temperature": ["0", "-1", "nan"], "--top-k": ["0", "-3"],
                  "--seed": ["-1"]},
-    "demo": {"--seed": ["-1"], "--pretrain-steps": ["0"], "--finetune-steps": ["0", "-2"], "--eval-examples": ["0"]},
+    "demo": {"--seed": ["-1"], "--pretrain-steps": ["0"], "--finetune-steps": ["0", "-2"], "--eval-examples": ["0"], "--seeds": ["0"]},
     "paper": {"--seeds": ["0", "-1"]},
 }
 CASES = [(sub, option, value) for sub, options in NONSENSE.items() for option, values in options.items() for value in values]
