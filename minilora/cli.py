@@ -278,10 +278,13 @@ def _register_demo(subparsers):
 
 
 def run_demo_command(args):
-    from .demo import run_demo
-
     check_out_folder(args.out)
-    run_demo(args)
+    if args.search:
+        from .demo_search import run_search
+        run_search(args)
+    else:
+        from .demo import run_demo
+        run_demo(args)
 
 
 # ---- paper ------------------------------------------------------------------------------------
@@ -347,8 +350,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    # `python -m minilora.cli` runs this file as __main__, a second copy beside the minilora.cli that demo.py
-    # imports; the package's copy must run, so that main() catches the CommandError class that demo raises.
-    from minilora.cli import main as package_main
-
-    sys.exit(package_main())
+    sys.exit(main())

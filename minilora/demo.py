@@ -118,25 +118,28 @@ def add_demo_arguments(parser):
 
 
 def run_demo(args):
-    """Run the demo described in the module docstring; returns the results dict also saved as results.json."""
-    for name in ("pretrain_steps", "finetune_steps", "eval_examples"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"demo: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    require_extras("demo", DEMO_EXTRAS)  # before any work, not when BLEU is first computed
-    args.backend = getattr(args, "backend", None) or backend.get_backend()
+    """Run the demo described in the module docstring; returns the results dict also saved as results.json.
+
+    (``--search`` runs ``demo_search.run_search`` instead; the command line picks which.)
+    """
+    check_arguments(args)
     with backend.using_backend(args.backend):
+        # Process-wide allocator setting (fit sets it too): set once, before anything is timed, so every
+        # method's steps and forward passes run under the same conditions.
+        backend.retain_host_memory()
         return _run(args)
 
 
+def check_arguments(args):
+    """Refuse numbers a Python caller passed without the parser, check the extras, and settle args.backend."""
+    for name in ("pretrain_steps", "finetune_steps", "eval_examples", "seeds"):
+        if getattr(args, name, None) is not None and getattr(args, name) < 1:
+            raise ValueError(f"demo: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    require_extras("demo", DEMO_EXTRAS)  # before any work, not when BLEU is first computed
+    args.backend = getattr(args, "backend", None) or backend.get_backend()
+
+
 def _run(args):
-    if getattr(args, "seeds", 1) < 1:
-        raise ValueError(f"demo: --seeds must be at least 1, got {args.seeds}")
-    # Process-wide allocator setting (fit sets it too): set once, before anything is timed, so every
-    # method's steps and forward passes run under the same conditions.
-    backend.retain_host_memory()
-    if getattr(args, "search", False):
-        from .demo_search import search
-        return search(args)
     from tqdm.auto import tqdm
 
     tokenizer = data.CharTokenizer.printable()
@@ -548,7 +551,7 @@ def format_tables(results):
         f"pretrained {pre['steps']} steps on the {results['pretraining_text']} (each seed its own model); backend {results['backend']}",
         f"BLEU / exact %: greedy outputs on {results['eval_examples']} test inputs, {spread}; test inputs are new combinations "
         "of names and attributes that all occur in training",
-        f"budget: best on validation = each method's lr and steps chosen on the validation split (METHODS); "
+        "budget: best on validation = each method's lr and steps chosen on the validation split (demo --search); "
         "equal steps / equal time = the most steps, or the longest training time, of those choices, for every method",
         f"steps: optimizer steps of batch {FINETUNE['batch_size']}, the same batch sequence for every method, warmup "
         f"{FINETUNE['warmup']} then a constant lr, weight decay {FINETUNE['weight_decay']} and clip {FINETUNE['clip']} for all; "

@@ -17,7 +17,8 @@ Every score goes to ``<out>/search.json``; the chosen recipe is printed in the f
 import os
 import sys
 
-from . import data
+from . import backend, data
+from .demo import METHODS, MODEL, check_arguments, finetune, method_model, pretrained_model, task_splits
 from .io import save_json
 
 LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -29,11 +30,18 @@ EVAL_EVERY = 100
 TOLERANCE = 2.0
 
 
+def run_search(args):
+    """``minilora demo --search``: check ``args`` as run_demo does, then search; returns the search.json dict."""
+    check_arguments(args)
+    with backend.using_backend(args.backend):
+        backend.retain_host_memory()  # as run_demo: the same process state as the demo the recipe is for
+        return search(args)
+
+
 def search(args, learning_rates=LEARNING_RATES, max_steps=MAX_STEPS, every=EVAL_EVERY):
     """Run the search for the demo's methods with ``args`` (as for run_demo); returns the search.json dict."""
     from tqdm.auto import tqdm
 
-    from .demo import METHODS, MODEL, finetune, method_model, pretrained_model, task_splits
     from .train import generation_metrics
 
     if max_steps < every or every < 1:

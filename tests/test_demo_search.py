@@ -5,6 +5,7 @@ import json
 import pytest
 
 from minilora import demo, demo_search, train
+from minilora.cli import main
 from minilora.demo import METHODS, add_demo_arguments
 from minilora.demo_search import choose
 
@@ -57,7 +58,7 @@ def test_search_scores_validation_only_and_picks_by_it(tmp_path, monkeypatch):
 def test_search_is_reached_from_the_demo_command(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(demo_search, "search", lambda args: seen.append(args.out) or {"chosen": {}})
-    demo.run_demo(add_demo_arguments(argparse.ArgumentParser()).parse_args(["--out", str(tmp_path), "--search"]))
+    assert main(["demo", "--out", str(tmp_path), "--search"]) == 0
     assert seen == [str(tmp_path)]
 
 
