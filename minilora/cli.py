@@ -271,7 +271,8 @@ def _register_demo(subparsers):
                     "E2E-style data-to-text task three ways (full fine-tuning, LoRA r=8 on q and v, LoRA r=1), "
                     "and print one table: trainable parameters, file bytes, BLEU and exact match, step time, "
                     "peak memory, and inference latency of the base, unmerged and merged models. About five "
-                    "minutes on a 2-core laptop CPU. See docs/demo.md.",
+                    "minutes on a 2-core CPU. Each method's learning rate and steps were chosen on the validation "
+                    "split by --search. See docs/demo.md.",
     )
     add_demo_arguments(p)
     p.set_defaults(run=run_demo_command)

@@ -1,6 +1,6 @@
 """``minilora demo``: pretrain a small GPT, adapt it three ways, and measure what LoRA buys.
 
-    minilora demo                    # about 8 minutes on a 2-core laptop CPU (38 s on one H200)
+    minilora demo                    # about 5 minutes on a 2-core CPU (38 s on one H200)
     minilora demo --backend cupy     # the same on an NVIDIA GPU
     minilora demo --fresh            # pretrain again instead of reusing the cached model
     minilora demo --seeds 3 --equal-budgets   # three seeds, and every method at equal steps and equal time

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from minilora import demo
+from minilora import demo, to_numpy
 from minilora.demo import (BASE, BUDGETS, CONSTANT, COSTS, METHODS, QUALITY, add_demo_arguments, finetune, latency_notes,
                            method_model, run_demo, step_times)
 from minilora.models import GPT, GPTConfig
@@ -97,8 +97,8 @@ def test_a_run_in_pieces_is_the_run_of_that_many_steps():
     whole = finetune(method, method_model(method, None, 3), train, seed=3, lr=1e-2, stops=[3], progress=False)
     one = finetune(method, method_model(method, None, 3), train, seed=3, lr=1e-2, stops=[1], progress=False)
     for name, value in whole.state_dict().items():
-        np.testing.assert_array_equal(pieces.state_dict()[name], value, err_msg=name)
-    np.testing.assert_array_equal(seen[1], one.state_dict()["model.blocks.0.attn.q.lora_B.default"])
+        np.testing.assert_array_equal(to_numpy(pieces.state_dict()[name]), to_numpy(value), err_msg=name)
+    np.testing.assert_array_equal(to_numpy(seen[1]), to_numpy(one.state_dict()["model.blocks.0.attn.q.lora_B.default"]))
     assert not np.array_equal(seen[1], seen[3])
 
 
@@ -123,7 +123,7 @@ def test_step_times_alternate_and_leave_the_weights_alone(monkeypatch):
     assert order == ["a", "b"] * 4  # a warm-up round, then 3 timed rounds, the models in turn
     for name, model in models.items():
         for key, value in model.state_dict().items():
-            np.testing.assert_array_equal(value, before[name][key])
+            np.testing.assert_array_equal(to_numpy(value), to_numpy(before[name][key]))
 
 
 def test_latency_notes_claim_only_what_the_spread_shows():

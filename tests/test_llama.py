@@ -146,7 +146,7 @@ def test_from_pretrained_reads_a_transformers_folder(torch, tmp_path, saved_as, 
     ours = Llama.from_pretrained(tmp_path, dtype="float32")
     assert not ours.training and (ours.lm_head.weight is ours.model.embed_tokens.weight) == tie
     for name, p in hf.named_parameters():  # bfloat16 widens to float32 exactly
-        np.testing.assert_array_equal(dict(ours.named_parameters())[name].data, p.detach().numpy(), err_msg=name)
+        np.testing.assert_array_equal(to_numpy(dict(ours.named_parameters())[name].data), p.detach().numpy(), err_msg=name)
     idx = np.random.default_rng(0).integers(0, CONFIG["vocab_size"], (2, 9))
     with torch.no_grad():
         expected = hf(torch.tensor(idx)).logits.numpy()
