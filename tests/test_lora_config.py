@@ -113,3 +113,28 @@ def test_init_false_makes_B_random_so_the_adapter_acts_at_init():
 def test_init_values_that_only_look_like_bools_are_refused(init):
     with pytest.raises(ValueError, match=rf"init_lora_weights={init!r} is not one of \(True, False, 'gaussian', 'pissa'\)"):
         LoraConfig(init_lora_weights=init)
+
+
+# ---- target_modules=None: the model's own default, as PEFT picks one by model type ------------------
+def test_no_target_modules_means_the_models_query_and_value_projections():
+    from minilora.models import Llama, LlamaConfig
+
+    gpt = get_peft_model(tiny_gpt(), LoraConfig(r=2))
+    assert {n.split(".")[-1] for n, _ in lora_layers(gpt.model)} == {"q", "v"}
+    assert gpt.peft_config["default"].target_modules == ["q", "v"]  # saved resolved, as PEFT saves it
+    llama = Llama(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16))
+    adapted = get_peft_model(llama, LoraConfig(r=2))
+    assert {n.split(".")[-1] for n, _ in lora_layers(adapted.model)} == {"q_proj", "v_proj"}
+
+
+def test_no_target_modules_on_a_model_without_a_default_says_what_to_pass():
+    from minilora.nn import Module
+
+    class TwoLayers(Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = Linear(4, 4), Linear(4, 4)
+
+    with pytest.raises(ValueError, match=r"TwoLayers names none.*Fix: pass target_modules"):
+        get_peft_model(TwoLayers(), LoraConfig(r=2))

@@ -21,8 +21,10 @@ class LoraConfig:
     s = alpha / r (alpha / sqrt(r) if use_rslora).  lora_dropout: dropout on the
     input of the low-rank path only.  target_modules: which Linear layers to
     adapt: a list (or set) of name suffixes ("q" matches "blocks.0.attn.q"), a
-    regex that must match the whole name, or "all-linear"; None means ["q", "v"],
-    the paper's choice.  exclude_modules: the same forms, removed from the
+    regex that must match the whole name, or "all-linear"; None means the model's
+    own query and value projections, the paper's choice (``model.lora_target_modules``:
+    ["q", "v"] for the GPT, ["q_proj", "v_proj"] for the Llama), resolved by
+    get_peft_model as PEFT resolves it by model type.  exclude_modules: the same forms, removed from the
     targets.  bias: which biases train: "none", "all", or "lora_only" (those of
     adapted layers).  init_lora_weights: True (Kaiming-uniform A, zero B, as
     loralib and PEFT), "gaussian" (A ~ N(0, (1/r)^2), zero B, as PEFT), False
@@ -47,9 +49,8 @@ class LoraConfig:
     alpha_pattern: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.target_modules is None:
-            self.target_modules = ["q", "v"]
-        self.target_modules = _names("target_modules", self.target_modules)
+        if self.target_modules is not None:
+            self.target_modules = _names("target_modules", self.target_modules)
         if self.exclude_modules is not None:
             self.exclude_modules = _names("exclude_modules", self.exclude_modules)
         self.r = _rank("r", self.r)
@@ -72,6 +73,18 @@ class LoraConfig:
                               for key, value in _patterns("alpha_pattern", self.alpha_pattern).items()}
 
     # ---- per-layer choices --------------------------------------------------
+    def for_model(self, model):
+        """This config with target_modules=None replaced by the model's default (PEFT does the same by model type)."""
+        if self.target_modules is not None:
+            return self
+        default = getattr(model, "lora_target_modules", None)
+        if default is None:
+            raise ValueError(
+                f"LoraConfig(target_modules=None) means the model's default targets, but {type(model).__name__} "
+                "names none (no lora_target_modules). Fix: pass target_modules, e.g. ['q_proj', 'v_proj'] or 'all-linear'."
+            )
+        return dataclasses.replace(self, target_modules=list(default))
+
     def targets(self, name):
         """Does the module called ``name`` get an adapter? (Before the Linear-only and output-head rules.)"""
         wanted = self.target_modules == "all-linear" or _matches(self.target_modules, name)

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 
 from .. import backend
-from ..nn import Linear, Module, Parameter
+from ..nn import Module, Parameter
 from .config import LoraConfig
 from .files import adapter_size, check_adapter_fits, copy_adapter_arrays, load_adapter, read_adapter, save_adapter
 from .layer import LoRALinear, check_adapter_name
@@ -108,6 +108,7 @@ class LoraModel(Module):
             raise TypeError(f"add_adapter needs a LoraConfig, got {type(config).__name__}")
         if adapter_name in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} exists already (adapters: {list(self.peft_config)}). Fix: pick another name.")
+        config = config.for_model(self.model)  # kept resolved, so a saved adapter_config.json names its layers
         names = find_target_names(self.model, config)
         for name in names:
             m = self.model.get_submodule(name)

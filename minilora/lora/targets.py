@@ -19,6 +19,7 @@ def _output_head(model):
 
 def find_target_names(model, config):
     """Names of the Linear layers ``config`` selects; an empty selection is an error listing what exists."""
+    config = config.for_model(model)
     head = _output_head(model)
     wrapped = {name for name, _ in lora_layers(model)}
     targets, linear, other = [], [], []

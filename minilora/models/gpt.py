@@ -42,6 +42,7 @@ class GPT(Module):
     """A GPT language model. ``GPT(config)(idx, targets)`` -> (logits (B, T, V), loss or None)."""
 
     config_class = GPTConfig  # what from_pretrained builds from a config.json (transformers' name)
+    lora_target_modules = ("q", "v")  # LoraConfig(target_modules=None): Wq and Wv, the paper's choice
 
     def __init__(self, config):
         super().__init__()

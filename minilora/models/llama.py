@@ -154,6 +154,7 @@ class Llama(Module):
     """A Llama language model, transformers' LlamaForCausalLM. ``Llama(config)(idx, targets)`` -> (logits (B, T, V), loss or None)."""
 
     config_class = LlamaConfig  # what the loaders build from a config.json or GGUF metadata (transformers' name)
+    lora_target_modules = ("q_proj", "v_proj")  # LoraConfig(target_modules=None), as PEFT's default for llama
 
     def __init__(self, config, init_weights=True):
         """init_weights=False skips transformers' init (a loader that overwrites every weight saves its time)."""
