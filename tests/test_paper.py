@@ -14,6 +14,7 @@ import pytest
 
 from minilora import paper, to_numpy
 from minilora.cli import build_parser
+from minilora.cli_options import MissingExtraError
 from minilora.analysis import subspace_similarity
 from minilora.lora import read_adapter
 from minilora.paper import lab as lab_module
@@ -123,7 +124,7 @@ def test_second_run_reuses_the_cache_and_force_redoes_it(quick_run, monkeypatch)
 
 def test_without_matplotlib_one_line_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    with pytest.raises(SystemExit, match=r"^minilora paper needs matplotlib\. Fix: pip install 'minilora\[paper\]'$"):
+    with pytest.raises(MissingExtraError, match=r'^paper needs matplotlib, which is not installed\. Fix: pip install "minilora\[paper\]"$'):
         paper.run_paper(paper_args("--quick", "--out", str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()  # nothing trained, nothing written
 
@@ -134,7 +135,7 @@ def test_bad_seed_count_is_named(tmp_path, capsys):
     assert "--seeds: must be at least 1, got 0" in capsys.readouterr().err
     args = paper_args("--out", str(tmp_path))
     args.seeds = 0  # a Python caller that skips the parser is told too
-    with pytest.raises(SystemExit, match="--seeds must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="--seeds must be at least 1, got 0"):
         paper.run_paper(args)
 
 

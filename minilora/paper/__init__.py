@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from ..cli_options import add_backend_argument, int_at_least
+from ..cli_options import add_backend_argument, int_at_least, require_extras
 from . import amplification, budget, checkpoint, cost, latency, quality, rank, subspace
 
 CLAIMS = (quality, rank, budget, subspace, amplification, latency, checkpoint, cost)  # the report's order, 1..8
@@ -49,28 +49,13 @@ def add_paper_arguments(parser):
     return parser
 
 
-def _require_plotting():
-    """matplotlib and tqdm, or one line naming the extra, before anything is trained."""
-    missing = [name for name in ("matplotlib", "tqdm") if _missing(name)]
-    if missing:
-        raise SystemExit(f"minilora paper needs {' and '.join(missing)}. Fix: pip install 'minilora[paper]'")
-
-
-def _missing(name):
-    try:
-        __import__(name)
-    except ImportError:
-        return True
-    return False
-
-
 def run_paper(args):
     """Measure the chosen claims; writes report.md, results.json and the PNGs into args.out. Returns the results."""
     from .. import backend
 
-    _require_plotting()
+    require_extras("paper", ("matplotlib", "tqdm"), extra="paper")  # before anything is trained
     if args.seeds < 1:
-        raise SystemExit(f"minilora paper: --seeds must be at least 1, got {args.seeds}")
+        raise ValueError(f"paper: --seeds must be at least 1, got {args.seeds}")
     args.backend = getattr(args, "backend", None) or backend.get_backend()
     args.out = args.out or os.path.join("runs", "paper-quick" if args.quick else "paper")
     with backend.using_backend(args.backend):
