@@ -26,6 +26,7 @@ _grad_enabled = [True]
 _reference_only = [os.environ.get("MINILORA_REFERENCE_OPS", "0") not in ("", "0")]
 _fast_variants = {}  # (reference, backend name) -> the fast variant that runs in its place
 _with_variants = set()  # the references in _fast_variants, so that the others skip the lookup
+_autocast = [None]  # inside minilora.amp.autocast(): its policy, which casts each op's inputs and output
 
 
 @contextlib.contextmanager
@@ -62,6 +63,13 @@ def is_reference_ops():
     return _reference_only[0]
 
 
+def set_autocast(policy):
+    """Install minilora.amp's cast policy (None turns autocast off); returns the previous one."""
+    previous = _autocast[0]
+    _autocast[0] = policy
+    return previous
+
+
 def register_fast(reference, fast, backend_name):
     """Run ``fast`` in place of ``reference`` (a Function, or a plain function) for arrays of ``backend_name``."""
     _fast_variants[reference, backend_name] = fast
@@ -70,9 +78,14 @@ def register_fast(reference, fast, backend_name):
 
 def fast_or_reference(reference, array):
     """The variant of ``reference`` to run on ``array``: its registered fast one, unless reference_ops() is on."""
-    if _reference_only[0] or reference not in _with_variants:
+    if _reference_only[0] or reference not in _with_variants or _is_half(array.dtype):
         return reference
     return _fast_variants.get((reference, backend.backend_of(array)), reference)
+
+
+def _is_half(dtype):
+    # The fast kernels are written for float32 and float64; float16 and bfloat16 run the reference.
+    return dtype.itemsize == 2 and backend.is_floating(dtype)
 
 
 class Context:
@@ -132,6 +145,9 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
+        autocast = _autocast[0]
+        if autocast is not None:
+            args = autocast.cast_inputs(cls, args)
         tensors = [a for a in args if isinstance(a, Tensor)]
         backend.check_same_backend(cls.__name__, [t.data for t in tensors])
         if tensors:
@@ -145,7 +161,7 @@ class Function:
             out.requires_grad = True
             out._fn, out._ctx = cls, ctx
             out._parents = tuple(a if isinstance(a, Tensor) else None for a in args)
-        return out
+        return autocast.cast_output(cls, out) if autocast is not None else out
 
 
 class Tensor:
@@ -187,7 +203,7 @@ class Tensor:
         return t
 
     def requires_grad_(self, flag=True):
-        if flag and self.data.dtype.kind != "f":
+        if flag and not backend.is_floating(self.data.dtype):
             raise TypeError(
                 f"requires_grad needs a floating-point tensor, got dtype {self.data.dtype}; "
                 "only continuous values have gradients. Fix: Tensor(data, dtype='float32')."

@@ -89,6 +89,11 @@ def xp():
     return _state["xp"]
 
 
+def is_floating(dtype):
+    """True for float16/32/64 and for ml_dtypes' bfloat16 (which NumPy files under kind "V", not "f")."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
 def set_default_dtype(dtype):
     """Set the dtype given to tensors made from Python numbers and lists (float32 unless changed)."""
     dtype = np.dtype(dtype)
