@@ -3,6 +3,9 @@
 Shape: 12 layers, d=768, 12 heads, vocab 50257, 1024 positions, B=8, T=512,
 fp32 (TF32 off unless --tf32), dropout 0, AdamW (lr 1e-4).
 A step is zero_grad + forward + cross-entropy + backward + AdamW.step.
+--precision bf16|fp16 runs the forward and the loss under autocast on both
+sides (minilora.amp.autocast, torch.autocast; fp16 with a GradScaler), with
+PyTorch's SDPA attention, as a practitioner runs it; the weights stay fp32.
 
     full   full fine-tuning: every weight trains
     lora   LoRA r=8, alpha 16. minilora adapts q and v; PEFT adapts GPT-2's fused
@@ -15,7 +18,7 @@ side reports the median of --steps timed steps after --warmup, and its peak
 memory: array memory in use (the CuPy pool's blocks handed out, PyTorch's
 max_memory_allocated) from before the model is built to after three steps.
 
-    python bench/bench_gpu_step.py [--mode full|lora|fwd|all] [--tf32] [--steps 10]
+    python bench/bench_gpu_step.py [--mode full|lora|fwd|all] [--tf32] [--precision fp32|bf16|fp16] [--steps 10]
     python bench/bench_gpu_step.py --device cpu --layers 2 --seq 64   # check the script without a GPU
 """
 import argparse
@@ -33,6 +36,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["full", "lora", "fwd", "all"], default="all")
     parser.add_argument("--tf32", action="store_true", help="let fp32 matmuls use TF32 tensor cores (both sides)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="bf16/fp16: autocast on both sides (fp16 with loss scaling), SDPA attention in PyTorch")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--layers", type=int, default=12)
@@ -81,7 +86,7 @@ def minilora_train(idx, targets, lora):
     state = {}
 
     def build_and_step():
-        step, _ = minilora_training_step(minilora_model(lora), idx, targets)
+        step, _ = minilora_training_step(minilora_model(lora), idx, targets, precision=ARGS.precision)
         for _ in range(3):
             step()
         state["step"] = step
@@ -118,7 +123,8 @@ def torch_model(lora):
         vocab_size=SHAPE["vocab_size"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").to(TORCH_DEVICE)
+    attention = "eager" if ARGS.precision == "fp32" else "sdpa"
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attention).to(TORCH_DEVICE)
     if lora:
         import peft
         model = peft.get_peft_model(model, peft.LoraConfig(
@@ -137,12 +143,17 @@ def torch_train(idx, targets, lora):
     model = torch_model(lora)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     idx_t, targets_t = torch.from_numpy(idx).to(TORCH_DEVICE), torch.from_numpy(targets).to(TORCH_DEVICE)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ARGS.precision)
+    scaler = torch.amp.GradScaler(TORCH_DEVICE, enabled=ARGS.precision == "fp16")
 
     def step():
         opt.zero_grad()
-        logits = model(input_ids=idx_t).logits
-        F.cross_entropy(logits.view(-1, logits.shape[-1]), targets_t.view(-1)).backward()
-        opt.step()
+        with torch.autocast(TORCH_DEVICE, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = model(input_ids=idx_t).logits
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets_t.view(-1))
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
     for _ in range(3):
         step()
     torch_sync()
@@ -178,7 +189,7 @@ def main():
     idx = rng.integers(0, SHAPE["vocab_size"], size=(ARGS.batch, ARGS.seq), dtype=np.int64)  # (B, T)
     targets = rng.integers(0, SHAPE["vocab_size"], size=(ARGS.batch, ARGS.seq), dtype=np.int64)  # (B, T)
     gpu = torch.cuda.get_device_name() if TORCH_DEVICE == "cuda" else "CPU"
-    print(f"GPT-2 shape {SHAPE}, B={ARGS.batch}, T={ARGS.seq}, fp32, TF32 {'on' if ARGS.tf32 else 'off'}, "
+    print(f"GPT-2 shape {SHAPE}, B={ARGS.batch}, T={ARGS.seq}, {ARGS.precision}, TF32 {'on' if ARGS.tf32 else 'off'}, "
           f"AdamW; median of {ARGS.steps} after {ARGS.warmup} warmup; {gpu}")
     versions = f"minilora on {backend.get_backend()}, torch {torch.__version__}"
     if TORCH_DEVICE == "cuda":

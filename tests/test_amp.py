@@ -8,7 +8,7 @@ import pytest
 
 import minilora
 import minilora.functional as F
-from minilora import Tensor, amp, backend, data
+from minilora import Tensor, amp, backend, data, to_numpy
 from minilora.lora import LoraConfig, get_peft_model
 from minilora.models import GPT, GPTConfig
 from minilora.optim import SGD, AdamW, clip_grad_norm
@@ -16,6 +16,11 @@ from minilora.optim import SGD, AdamW, clip_grad_norm
 pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes: pip install -e '.[amp]'")
 
 LOW = ["float16", "bfloat16"]
+
+
+def host(t):
+    """A tensor's (or a gradient's) values as a NumPy array, on either backend."""
+    return to_numpy(t.data if isinstance(t, Tensor) else t)
 
 
 def tensor(shape, seed, requires_grad=True):
@@ -33,7 +38,7 @@ def test_matmuls_run_low_and_reductions_run_in_float32(dtype):
         loss = F.cross_entropy(z.reshape(-1, 5), np.arange(24) % 5)
     assert y.dtype.name == dtype and square.dtype.name == dtype  # arithmetic keeps its inputs' dtype
     assert z.dtype == np.float32 and h.dtype == np.float32 and loss.dtype == np.float32
-    assert np.isfinite(h.data).all()
+    assert np.isfinite(host(h)).all()
     loss.backward()
     assert {t.grad.dtype for t in (x, w, g, b)} == {np.dtype(np.float32)}  # the master weights get fp32 gradients
 
@@ -79,12 +84,12 @@ def test_linear_softmax_chain_matches_torch_autocast_on_the_cpu(dtype, torch):
 
     assert str(logits_t.dtype) == f"torch.{dtype}" and logits.dtype.name == dtype
     tolerance = 2e-2 if dtype == "bfloat16" else 2e-3  # a few ulps of bf16 (2^-8) and fp16 (2^-11)
-    np.testing.assert_allclose(logits.data.astype(np.float32), logits_t.float().detach().numpy(), rtol=tolerance,
+    np.testing.assert_allclose(host(logits).astype(np.float32), logits_t.float().detach().numpy(), rtol=tolerance,
                                atol=tolerance * np.abs(logits_t.float().detach().numpy()).max())
     assert abs(float(loss.data) - loss_t.item()) < tolerance * abs(loss_t.item())
     for ours_t, theirs_t in zip(ours, theirs):
         expected = theirs_t.grad.numpy()
-        np.testing.assert_allclose(ours_t.grad, expected, atol=2 * tolerance * np.abs(expected).max())
+        np.testing.assert_allclose(host(ours_t.grad), expected, atol=2 * tolerance * np.abs(expected).max())
 
 
 def test_cast_passes_the_gradient_through_in_the_inputs_dtype():
@@ -92,7 +97,7 @@ def test_cast_passes_the_gradient_through_in_the_inputs_dtype():
     y = amp.Cast.apply(x, np.float16)
     (y * y).sum().backward()
     assert y.dtype == np.float16 and x.grad.dtype == np.float32
-    np.testing.assert_allclose(x.grad, 2 * x.data.astype(np.float16).astype(np.float32), rtol=1e-3)
+    np.testing.assert_allclose(host(x.grad), 2 * host(x).astype(np.float16).astype(np.float32), rtol=1e-3)
 
 
 def one_parameter_step(scaler, grad_value):
@@ -108,9 +113,9 @@ def one_parameter_step(scaler, grad_value):
 def test_grad_scaler_skips_a_step_with_an_inf_gradient_and_halves_the_scale():
     scaler = amp.GradScaler(init_scale=1024.0)
     p, stepped = one_parameter_step(scaler, np.inf)
-    assert not stepped and np.all(p.data == 1.0) and scaler.get_scale() == 512.0
+    assert not stepped and np.all(host(p) == 1.0) and scaler.get_scale() == 512.0
     p, stepped = one_parameter_step(scaler, np.nan)
-    assert not stepped and np.all(p.data == 1.0) and scaler.get_scale() == 256.0
+    assert not stepped and np.all(host(p) == 1.0) and scaler.get_scale() == 256.0
 
 
 def test_grad_scaler_unscales_before_the_step_and_grows_after_a_run_of_good_steps():
@@ -119,8 +124,8 @@ def test_grad_scaler_unscales_before_the_step_and_grows_after_a_run_of_good_step
         assert scaler.get_scale() == 8.0
         p, stepped = one_parameter_step(scaler, 2.0)
         assert stepped
-        np.testing.assert_allclose(p.grad, 2.0)  # the gradient the optimizer saw is the true one, not 8 times it
-        np.testing.assert_allclose(p.data, 1.0 - 0.1 * 2.0)
+        np.testing.assert_allclose(host(p.grad), 2.0)  # the gradient the optimizer saw is the true one, not 8 times it
+        np.testing.assert_allclose(host(p), 1.0 - 0.1 * 2.0)
     assert scaler.get_scale() == 16.0
 
 
@@ -132,7 +137,7 @@ def test_unscale_before_clipping_happens_once():
     scaler.unscale_(optimizer)
     assert clip_grad_norm([p], 1.0) == pytest.approx(5.0)
     scaler.step(optimizer)  # must not divide by the scale a second time
-    np.testing.assert_allclose(p.data, [3.0 - 0.6, 4.0 - 0.8], rtol=1e-6)
+    np.testing.assert_allclose(host(p), [3.0 - 0.6, 4.0 - 0.8], rtol=1e-6)
 
 
 def test_grad_scaler_refuses_bad_settings_and_update_before_step():
@@ -153,7 +158,7 @@ def test_loss_scaling_keeps_fp16_gradients_that_would_flush_to_zero():
             loss = F.linear(x, w).sum() * 1e-8
         scaler.scale(loss).backward()
         scaler.unscale_(SGD([w], lr=0.0))
-        grads.append(w.grad.copy())
+        grads.append(host(w.grad))
     assert np.all(grads[0] == 0.0)  # underflow: the step would not move
     np.testing.assert_allclose(grads[1], 1e-8, rtol=1e-3)
 
