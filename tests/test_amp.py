@@ -13,7 +13,6 @@ from minilora.lora import LoraConfig, get_peft_model
 from minilora.models import GPT, GPTConfig
 from minilora.optim import SGD, AdamW, clip_grad_norm
 
-pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes: pip install -e '.[amp]'")
 
 LOW = ["float16", "bfloat16"]
 
