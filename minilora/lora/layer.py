@@ -64,8 +64,8 @@ class LoRALinear(Module):
 
     def __init__(self, base_layer, rng=None):
         super().__init__()
-        if not isinstance(base_layer, (Linear, quant_linear.QuantizedLinear)):
-            raise TypeError(f"LoRALinear wraps a minilora.nn.Linear or a QuantizedLinear, got {type(base_layer).__name__}")
+        if not isinstance(base_layer, Linear):  # a QuantizedLinear is one
+            raise TypeError(f"LoRALinear wraps a minilora.nn.Linear, got {type(base_layer).__name__}")
         self.base_layer = base_layer
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
         self.lora_A = AdapterDict()

@@ -18,9 +18,9 @@ import numpy as np
 
 from .. import backend
 from ..autograd import fast_or_reference
-from ..functional.linalg import Linear
+from ..functional.linalg import Linear as LinearFunction
 from ..lora.function import LoRALinearFunction
-from ..nn import Module, Parameter
+from ..nn import Linear, Module, Parameter
 from . import nf4, q4_1
 
 FORMATS = {"q4_1": q4_1, "nf4": nf4}
@@ -32,16 +32,18 @@ def check_format(format, where):
     return FORMATS[format]
 
 
-class QuantizedLinear(Module):
+class QuantizedLinear(Linear):
     """y = x W0^T + b with W0 (out, in) in 4-bit blocks of ``format`` ("q4_1" or "nf4"); frozen.
 
-    ``weight`` is None: there is no float W0 to share, merge into or train; ``dequantize()`` makes one for one use.
+    A Linear (as bitsandbytes' Linear4bit is a torch Linear), so LoRA's target_modules
+    find it; but ``weight`` is None: there is no float W0 to share, merge into or
+    train; ``dequantize()`` makes one for one use.
     """
 
     weight = None
 
     def __init__(self, format, qweight, scales, mins=None, bias=None, dtype=None):
-        super().__init__()
+        Module.__init__(self)  # not Linear's: it would draw a float weight only to drop it
         self.format = format
         module = check_format(format, "QuantizedLinear")
         rows, half = qweight.shape
@@ -87,7 +89,7 @@ class QuantizedLinear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, bias={self.bias is not None}"
 
 
-class QuantizedLinearFunction(Linear):
+class QuantizedLinearFunction(LinearFunction):
     """Linear (functional/linalg.py) on a 4-bit weight. Inputs: x (..., in), a QuantizedLinear, bias (out,) or None.
 
     ctx keeps: x and the QuantizedLinear, not W0. Backward: Linear's, with W0 dequantized again (dx = dy W0).
@@ -95,7 +97,7 @@ class QuantizedLinearFunction(Linear):
 
     @staticmethod
     def forward(ctx, x, quantized, bias=None):
-        y = Linear.forward(ctx, x, quantized.dequantize(x.dtype), bias)  # (..., out)
+        y = LinearFunction.forward(ctx, x, quantized.dequantize(x.dtype), bias)  # (..., out)
         ctx.weight = quantized  # the float W0 dies here; backward makes it again
         return y
 
@@ -104,7 +106,7 @@ class QuantizedLinearFunction(Linear):
         quantized = ctx.weight
         ctx.weight = quantized.dequantize(dy.dtype)  # (out, in), for this backward only
         try:
-            return Linear.backward(ctx, dy)  # the weight's gradient is None: it is not a Tensor
+            return LinearFunction.backward(ctx, dy)  # the weight's gradient is None: it is not a Tensor
         finally:
             ctx.weight = quantized
 
