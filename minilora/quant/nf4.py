@@ -50,6 +50,6 @@ def dequantize(codes, absmax):
     """(codes, absmax) -> w (rows, cols) float32: w = absmax * CODE[q]."""
     xp = backend.array_module(codes)
     rows = codes.shape[0]
-    w = xp.asarray(CODE)[unpack_codes(codes, BLOCK)]  # (rows, n_blocks, 64): CODE[q]
+    w = xp.take(xp.asarray(CODE), unpack_codes(codes, BLOCK))  # (rows, n_blocks, 64): CODE[q]
     w *= absmax[..., None]
     return w.reshape(rows, -1)
