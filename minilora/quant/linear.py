@@ -62,15 +62,20 @@ class QuantizedLinear(Linear):
         self.bias = bias
 
     @classmethod
+    def from_weight(cls, w, format, bias=None, dtype=None):
+        """Quantize the float array ``w`` (out, in) into ``format`` on the host; the blocks go on w's backend."""
+        module = check_format(format, "QuantizedLinear.from_weight")
+        blocks = module.quantize(backend.to_numpy(w))  # (codes, d, m) or (codes, absmax)
+        codes, scales, *mins = (backend.asarray(a, like=w) for a in blocks)
+        return cls(format, codes, scales, mins[0] if mins else None, bias=bias, dtype=dtype or w.dtype)
+
+    @classmethod
     def from_linear(cls, linear, format):
-        """Quantize ``linear``'s weight (on the host) into ``format``; the bias, if any, stays float and frozen."""
-        module = check_format(format, "QuantizedLinear.from_linear")
-        w = linear.weight
-        blocks = module.quantize(backend.to_numpy(w.data))  # (codes, d, m) or (codes, absmax), on the host
-        codes, scales, *mins = (backend.asarray(a, like=w.data) for a in blocks)  # beside the weight they replace
+        """``linear`` with its weight quantized into ``format``; the bias, if any, stays float and frozen."""
+        check_format(format, "QuantizedLinear.from_linear")
         if linear.bias is not None:
             linear.bias.requires_grad_(False)
-        return cls(format, codes, scales, mins[0] if mins else None, bias=linear.bias, dtype=w.dtype)
+        return cls.from_weight(linear.weight.data, format, bias=linear.bias)
 
     def dequantize(self, dtype=None):
         """W0 (out, in) in ``dtype`` (default: self.dtype), on the blocks' backend. On the GPU: one kernel (fused/dequantize.py)."""
