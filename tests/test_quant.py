@@ -262,9 +262,25 @@ def test_base_memory_counts_four_and_a_half_or_five_bits_a_weight():
 
 
 @pytest.mark.oracle
-def test_from_gguf_refuses_an_unknown_format(tmp_path):
-    with pytest.raises(ValueError, match=r"Llama.from_gguf\(quantized=...\): unknown 4-bit format 'q2_k'"):
-        Llama.from_gguf(_tiny_gguf(tmp_path), quantized="q2_k")
+def test_from_gguf_refuses_an_unknown_format_and_a_layer_that_does_not_split(tmp_path):
+    path = _tiny_gguf(tmp_path)  # hidden 32, intermediate 48: down_proj's 48 inputs are not whole blocks of 32
+    with pytest.raises(ValueError, match=r"tiny.gguf: Llama.from_gguf\(quantized=...\): unknown 4-bit format 'q2_k'"):
+        Llama.from_gguf(path, quantized="q2_k")
+    with pytest.raises(ValueError, match=r"a weight of shape \(32, 48\) does not split into blocks of 32.*Fix"):
+        Llama.from_gguf(path, quantized="q4_1")
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("format", ["q4_1", "nf4"])
+def test_from_gguf_quantized_equals_quantizing_the_loaded_float_model(tmp_path, monkeypatch, format):
+    """The quantized loader un-permutes q and k (llama.cpp's rope layout) before quantizing, as the float loader does."""
+    import test_llama
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
+        monkeypatch.setitem(test_llama.CONFIG, key, SMALL[key])
+    path = _tiny_gguf(tmp_path)
+    idx = np.random.default_rng(0).integers(0, 50, (2, 7))
+    expected = quantize_base(Llama.from_gguf(path, dtype="float32"), format)(idx)[0].numpy()
+    np.testing.assert_array_equal(Llama.from_gguf(path, dtype="float32", quantized=format)(idx)[0].numpy(), expected)
 
 
 def _tiny_gguf(tmp_path):
