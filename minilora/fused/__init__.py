@@ -13,6 +13,7 @@ On the GPU (CuPy), kernels for the memory-bound ops:
     cross_entropy.py  FusedCrossEntropy                keeps log-sum-exp per row, not log-softmax
     linear.py         RowSumLinear                     the bias gradient as a cuBLAS matrix-vector product
     adamw.py          fused_adamw_update               AdamW's eleven array operations in one kernel
+    dequantize.py     fused_dequantize_q4_1, _nf4      a 4-bit weight to float32 in one kernel (minilora.quant)
 
 On the CPU (NumPy), only where it measurably pays (docs/performance.md):
 
@@ -31,10 +32,12 @@ from ..functional.linalg import Linear
 from ..functional.norm import LayerNorm
 from ..functional.softmax import CrossEntropy, Softmax
 from ..optim import adamw_update
+from ..quant import nf4, q4_1
 from .adamw import fused_adamw_update
 from .attention import FusedScaledDotProductAttention
 from .cpu import InPlaceGeluTanh, InPlaceScaledDotProductAttention
 from .cross_entropy import FusedCrossEntropy
+from .dequantize import fused_dequantize_nf4, fused_dequantize_q4_1
 from .gelu import FusedGeluTanh
 from .layer_norm import FusedLayerNorm
 from .linear import RowSumLinear
@@ -48,6 +51,8 @@ FUSED = {  # reference -> its CuPy variant
     CrossEntropy: FusedCrossEntropy,
     Linear: RowSumLinear,
     adamw_update: fused_adamw_update,
+    q4_1.dequantize: fused_dequantize_q4_1,
+    nf4.dequantize: fused_dequantize_nf4,
 }
 CPU = {  # reference -> its NumPy variant
     GeluTanh: InPlaceGeluTanh,
@@ -59,4 +64,5 @@ for _reference, _fast in CPU.items():
     register_fast(_reference, _fast, "numpy")
 
 __all__ = ["FUSED", "CPU", "InPlaceGeluTanh", "InPlaceScaledDotProductAttention", "FusedSoftmax", "FusedScaledDotProductAttention", "FusedLayerNorm", "FusedGeluTanh",
-           "FusedCrossEntropy", "RowSumLinear", "fused_adamw_update"]
+           "FusedCrossEntropy", "RowSumLinear", "fused_adamw_update",
+           "fused_dequantize_q4_1", "fused_dequantize_nf4"]

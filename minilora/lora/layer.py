@@ -11,6 +11,7 @@ import numpy as np
 from .. import backend
 from ..autograd import is_grad_enabled
 from ..nn import Linear, Module, Parameter
+from ..quant import linear as quant_linear  # the module, not its names: quant/linear.py imports lora/function.py
 from .function import lora_linear
 
 
@@ -48,6 +49,10 @@ def check_adapter_name(name):
 class LoRALinear(Module):
     """Wraps a frozen ``Linear`` (``base_layer``); x (..., in) -> h (..., out).
 
+    The base may be a 4-bit ``QuantizedLinear`` (QLoRA, minilora.quant): A and B
+    stay float and train as usual; W0 is dequantized inside the op, and merging
+    or a PiSSA init (which write into W0) are refused.
+
     Per adapter name: ``lora_A[name]`` (r, in), ``lora_B[name]`` (out, r),
     ``scaling[name]`` = s, ``lora_dropout[name]`` = p. ``active_adapter`` picks
     the one in use (None: the base layer alone); ``disable_adapters`` switches
@@ -59,7 +64,7 @@ class LoRALinear(Module):
 
     def __init__(self, base_layer, rng=None):
         super().__init__()
-        if not isinstance(base_layer, Linear):
+        if not isinstance(base_layer, Linear):  # a QuantizedLinear is one
             raise TypeError(f"LoRALinear wraps a minilora.nn.Linear, got {type(base_layer).__name__}")
         self.base_layer = base_layer
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
@@ -117,6 +122,7 @@ class LoRALinear(Module):
         (s, A, B) go into ``pissa_residual``, so that the adapter can still be
         written as a plain LoRA adapter on the original W0 (minilora.lora.peft_gpt2).
         """
+        self._refuse_if_quantized("init_lora_weights='pissa'", "the residual W0 - s B A would have to be re-quantized")
         w = self.base_layer.weight
         W0 = backend.to_numpy(w.data).astype(np.float64)
         U, S, Vh = np.linalg.svd(W0, full_matrices=False)
@@ -129,10 +135,22 @@ class LoRALinear(Module):
 
     def _beside_base(self, values):
         """A Parameter holding host ``values`` in W0's dtype, on W0's backend (the model may live on the GPU)."""
-        w = self.base_layer.weight
-        p = Parameter(values, dtype=w.dtype)  # made on the current backend,
-        p.data = backend.array_module(w.data).asarray(values, dtype=w.dtype)  # then moved beside W0
+        base = self.base_layer
+        dtype, beside = (base.dtype, base.qweight.data) if self._quantized() else (base.weight.dtype, base.weight.data)
+        p = Parameter(values, dtype=dtype)  # made on the current backend,
+        p.data = backend.array_module(beside).asarray(values, dtype=dtype)  # then moved beside W0
         return p
+
+    def _quantized(self):
+        return isinstance(self.base_layer, quant_linear.QuantizedLinear)
+
+    def _refuse_if_quantized(self, action, why):
+        if self._quantized():
+            raise RuntimeError(
+                f"{action}: this layer's base weight is {self.base_layer.format} (4-bit); {why}, losing most of "
+                "the update's precision. Fix: keep the adapter unmerged (as QLoRA serves it), or "
+                "minilora.quant.dequantize_base(model) first."
+            )
 
     def delete_adapter(self, name):
         self._require(name)
@@ -178,6 +196,7 @@ class LoRALinear(Module):
             )
         if self.active_adapter is None:
             return
+        self._refuse_if_quantized("merge", "W0 + s B A would have to be re-quantized")
         w = self.base_layer.weight
         w.data = w.data + self.delta_weight(self.active_adapter)
         self.merged_adapter = self.active_adapter
@@ -215,6 +234,9 @@ class LoRALinear(Module):
             keep = self.rng.random(x.shape) >= p
             mask = backend.array_module(x.data).asarray(keep).astype(x.dtype) / (1 - p)  # drawn on the host, as F.dropout
         base = self.base_layer
+        if self._quantized():  # W0 is dequantized inside the op, in forward and again in backward
+            return quant_linear.quantized_lora_linear(x, base, base.bias, self.lora_A[name], self.lora_B[name],
+                                                      self.scaling[name], mask)
         return lora_linear(x, base.weight, base.bias, self.lora_A[name], self.lora_B[name], self.scaling[name], mask)
 
     def extra_repr(self):

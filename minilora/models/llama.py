@@ -209,10 +209,13 @@ class Llama(Module):
         return generate(self, idx, max_new_tokens, temperature, top_k, greedy, rng, use_cache)
 
     @classmethod
-    def from_gguf(cls, path, dtype=None):
-        """Load a llama.cpp GGUF file (any quantization gguf can dequantize), in ``dtype`` (default: minilora's)."""
+    def from_gguf(cls, path, dtype=None, quantized=None):
+        """Load a llama.cpp GGUF file (any quantization gguf can dequantize), in ``dtype`` (default: minilora's).
+
+        quantized "q4_1" or "nf4" keeps the projections in 4 bits (a QLoRA base, minilora.quant; docs/llama.md).
+        """
         from .llama_gguf import load_llama_gguf
-        return load_llama_gguf(cls, path, dtype)
+        return load_llama_gguf(cls, path, dtype, quantized)
 
     @classmethod
     def from_pretrained(cls, path, dtype=None):

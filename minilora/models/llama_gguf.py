@@ -119,12 +119,45 @@ def unpermute_rope_rows(weight, n_head):
     return pairs.swapaxes(1, 2).reshape(rows, C)  # (head, j, i, C): row j D/2 + i, the rotate-half layout
 
 
-def load_llama_gguf(cls, path, dtype=None):
-    """A Llama with the weights of the GGUF file at ``path``, in ``dtype``, in eval mode."""
+def quantized_linear(tensor, format, path, rope_heads=None, dtype=None):
+    """One GGUF weight as a frozen 4-bit QuantizedLinear (minilora.quant), on the current backend.
+
+    Asked for "q4_1", a Q4_1 tensor keeps the file's own blocks: no float round trip, so
+    the model computes with exactly the numbers the float model dequantizes. Anything
+    else is dequantized to float32 and quantized into ``format``. rope_heads: the heads
+    of a q or k projection, whose rows the file stores permuted (a row of blocks moves whole).
+    """
+    from ..quant import q4_1
+    from ..quant.linear import QuantizedLinear
+
+    rows, cols = (int(n) for n in reversed(tensor.shape))
+    if format == "q4_1" and tensor.tensor_type.name == "Q4_1":
+        raw = np.asarray(tensor.data).reshape(rows, -1)  # (out, in // 32 * 20): each row's blocks
+        if rope_heads:
+            raw = unpermute_rope_rows(raw, rope_heads)
+        codes, d, m = (backend.asarray(a) for a in q4_1.from_gguf_bytes(raw, (rows, cols), tensor.name))
+        return QuantizedLinear("q4_1", codes, d, m, dtype=dtype)
+    weight = dequantize(tensor, path)  # (out, in) float32
+    if rope_heads:
+        weight = unpermute_rope_rows(weight, rope_heads)
+    return QuantizedLinear.from_weight(backend.asarray(weight), format, dtype=dtype)
+
+
+def load_llama_gguf(cls, path, dtype=None, quantized=None):
+    """A Llama with the weights of the GGUF file at ``path``, in ``dtype``, in eval mode.
+
+    quantized "q4_1" or "nf4": every layer's seven projections stay in 4-bit blocks
+    (minilora.quant.QuantizedLinear, frozen); the embedding and the norms are float.
+    """
     reader = open_gguf(path)
     config = llama_config(reader, cls.config_class, path)
-    with backend.using_default_dtype(dtype or backend.get_default_dtype()):
+    dtype = dtype or backend.get_default_dtype()
+    with backend.using_default_dtype(dtype):
         model = cls(config, init_weights=False)
+    if quantized is not None:
+        from ..quant.linear import check_format
+        from ..quant.model import replace_module
+        check_format(quantized, f"{path}: Llama.from_gguf(quantized=...)")
     state = {}
     for tensor in reader.tensors:
         name = tensor.name
@@ -138,6 +171,13 @@ def load_llama_gguf(cls, path, dtype=None):
             _, layer, kind, _ = name.split(".")
             if kind not in LAYER_NAMES:
                 raise ValueError(f"{path}: unexpected tensor {name}; minilora's Llama has no place for it.")
+            if quantized is not None and kind not in ("attn_norm", "ffn_norm"):
+                heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}.get(kind)
+                linear = quantized_linear(tensor, quantized, path, rope_heads=heads, dtype=dtype)
+                target = f"model.layers.{layer}.{LAYER_NAMES[kind]}"
+                replace_module(model, target, linear)  # in place of the float Linear
+                state.update((f"{target}.{key}", blocks) for key, blocks in linear.state_dict().items())
+                continue
             weight = dequantize(tensor, path)
             if kind == "attn_q":
                 weight = unpermute_rope_rows(weight, config.num_attention_heads)
