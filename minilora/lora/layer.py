@@ -179,7 +179,9 @@ class LoRALinear(Module):
         if self.active_adapter is None:
             return
         w = self.base_layer.weight
+        # BEGIN SOLUTION 21 "Merge and unmerge"
         w.data = w.data + self.delta_weight(self.active_adapter)
+        # END SOLUTION 21
         self.merged_adapter = self.active_adapter
 
     def unmerge(self):
@@ -193,7 +195,9 @@ class LoRALinear(Module):
         if self.merged_adapter is None:
             return
         w = self.base_layer.weight
+        # BEGIN SOLUTION 21 "Merge and unmerge"
         w.data = w.data - self.delta_weight(self.merged_adapter)
+        # END SOLUTION 21
         self.merged_adapter = None
 
     # ---- forward ------------------------------------------------------------
