@@ -40,16 +40,16 @@ EXERCISES = (
               "each listed after all of its inputs (._parents).",
               "a depth-first search that appends a node once all its parents are done; mark nodes visited so a "
               "shared subexpression appears once, and use an explicit stack (a deep graph must not hit Python's recursion limit)."),
-    _exercise(2, "The backward loop", 4,
+    _exercise(2, "unbroadcast", 2,
+              "unbroadcast(grad, shape) in autograd.py: sum grad down to shape, the backward of NumPy broadcasting.",
+              "broadcasting adds leading axes and stretches axes of size 1; sum over the first and over the second "
+              "(keepdims=True)."),
+    _exercise(3, "The backward loop", 4,
               "the loop of Tensor.backward: walk the nodes in reverse topological order, call each node's "
               "Function.backward, and accumulate every input's gradient, into .grad at the leaves.",
               "keep a dict id(tensor) -> gradient; a tensor used twice receives two gradients that add up; a leaf "
               "that already has a .grad adds to it (+=); sum each gradient back to its input's shape with unbroadcast; "
               "free the graph unless retain_graph."),
-    _exercise(3, "unbroadcast", 2,
-              "unbroadcast(grad, shape) in autograd.py: sum grad down to shape, the backward of NumPy broadcasting.",
-              "broadcasting adds leading axes and stretches axes of size 1; sum over the first and over the second "
-              "(keepdims=True)."),
     _exercise(4, "Numerical gradient", 3,
               "numerical_gradient in gradcheck.py: d sum(cotangent * fn(*inputs)) / d inputs[which] by central differences.",
               "nudge one value at a time by +eps and -eps, take (L(+) - L(-)) / (2 eps), and put the value back "
