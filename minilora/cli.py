@@ -299,6 +299,14 @@ def _register_paper(subparsers):
     p.set_defaults(run=run_paper)
 
 
+# ---- assignment -------------------------------------------------------------------------------
+@command
+def _register_assignment(subparsers):
+    from .assignment.cli import register
+
+    register(subparsers)
+
+
 # ---- entry point -------------------------------------------------------------------------------
 def build_parser():
     parser = ArgumentParser(

@@ -13,6 +13,8 @@ number. Worked examples (``worked=True``) are fenced and graded like the others,
 but ``make`` keeps their solution, as minitorch keeps Add and Log.
 """
 import dataclasses
+import importlib
+import importlib.util
 import re
 from pathlib import Path
 
@@ -146,6 +148,14 @@ def exercise(number):
     except (KeyError, ValueError, TypeError):
         raise ValueError(f"there is no exercise {number!r}; the exercises are numbered "
                          f"{EXERCISES[0].number} to {EXERCISES[-1].number}. Fix: see 'minilora assignment list'.") from None
+
+
+def handed_out():
+    """The numbers of this copy's exercises: ``handout.HANDED_OUT``, which make writes into a student copy,
+    or every exercise in the full package."""
+    if importlib.util.find_spec(f"{__package__}.handout") is None:
+        return tuple(e.number for e in EXERCISES)
+    return importlib.import_module(f"{__package__}.handout").HANDED_OUT
 
 
 def parse_numbers(text):
