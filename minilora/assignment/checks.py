@@ -13,6 +13,8 @@ the numerical gradient of the package's own forward and by properties of the
 result (the student's ``minilora assignment check``); with ``expected`` (the
 instructor package's run_case output) it also compares every value with it.
 """
+import numpy as np
+
 from .checks_engine import CHECKS as ENGINE
 from .checks_lora import CHECKS as LORA
 from .checks_ops import CHECKS as OPS
@@ -39,7 +41,8 @@ def run_case(package, number, case):
     Exceptions from the package's code (NotImplementedError from a stub, any bug) propagate.
     """
     with package.reference_ops():
-        return _check(number).run(package, case)
+        result = _check(number).run(package, case)
+    return {key: np.asarray(value) for key, value in result.items()}
 
 
 def judge(number, case, actual, expected=None):

@@ -84,11 +84,11 @@ def _judge_trajectory(case, arrays, expected, prediction, name):
     if arrays.get("in_place", 1) != 1:
         return f"{name} replaced p.data with a new array: update it in place (p.data -= ...), as torch.optim does"
     if expected is not None:
-        message = compare_all(arrays, expected, ("params",), {"params": "the parameters after each step"})
+        message = compare_all(arrays, expected, ("params",), {"params": "the parameter after each step"})
         if message:
             return message
     if prediction is not None:
-        return compare("the parameters after each step", arrays["params"], prediction)
+        return compare("the parameter after each step", arrays["params"], prediction)
     return None
 
 
@@ -137,7 +137,7 @@ def _adamw_prediction(case):
 
 def _judge_adamw(case, arrays, expected):
     prediction = _adamw_prediction(case) or {}
-    labels = {"params": "the parameters after each step", "exp_avg": "the first moment m", "exp_avg_sq": "the second moment v"}
+    labels = {"params": "the parameter after each step", "exp_avg": "the first moment m", "exp_avg_sq": "the second moment v"}
     message = _judge_trajectory(case, arrays, expected, None, "adamw_update")
     if message:
         return message

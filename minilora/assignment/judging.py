@@ -83,9 +83,12 @@ def compare(what, actual, expected, rtol=RTOL, atol=ATOL):
         return f"{what} has shape {actual.shape}, expected {expected.shape}"
     if np.allclose(actual, expected, rtol=rtol, atol=atol):
         return None
-    worst = np.unravel_index(np.argmax(np.abs(actual - expected)), actual.shape) if actual.size else ()
-    return (f"{what} is wrong: expected {first_values(expected)}, yours {first_values(actual)} "
-            f"(max relative error {relative_error(actual, expected):.3g}, worst at index {tuple(int(i) for i in worst)})")
+    message = (f"{what} is wrong: expected {first_values(expected)}, yours {first_values(actual)} "
+               f"(max relative error {relative_error(actual, expected):.3g}")
+    if actual.ndim:
+        worst = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(actual - expected)), actual.shape))
+        message += f"; worst at index {worst}: expected {expected[worst]:.6g}, yours {actual[worst]:.6g}"
+    return message + ")"
 
 
 def read_result(actual, shapes):
