@@ -234,3 +234,11 @@ def test_check_explains_a_wrong_answer(tmp_path):
     assert "FAIL  same shapes (3, 4)" in done.stdout and "inputs: mul_a (3, 4), mul_b (3, 4)" in done.stdout
     assert "the gradient of mul_a disagrees with the numerical gradient of your own forward" in done.stdout
     assert "exercise 6 does not pass yet" in done.stderr
+
+
+def test_teaching_md_lists_every_exercise_with_its_points():
+    text = (ROOT / "docs/teaching.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d+) \| (.+?) \| (\d+) \| .+ \|$", text, re.MULTILINE)
+    assert [(int(n), title, int(points)) for n, title, points in rows] == [
+        (e.number, e.title + (" (worked)" if e.worked else ""), e.points) for e in EXERCISES]
+    assert f"{sum(e.points for e in EXERCISES)} points in all" in text
