@@ -203,7 +203,7 @@ def _write_project_files(root, numbers):
 
 
 def student_source(text, path, numbers):
-    """``text`` with its fences renamed to EXERCISE, and the bodies of the non-worked exercises in ``numbers`` replaced by a stub."""
+    """``text`` with its fences renamed to EXERCISE and the bodies of the non-worked exercises in ``numbers`` stubbed."""
     lines = text.splitlines(keepends=True)
     for region in reversed(find_regions(text, path)):
         e = exercise(region.number)
