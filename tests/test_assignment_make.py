@@ -7,6 +7,7 @@ minilora imports its siblings relatively, which makes that possible.
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -186,6 +187,15 @@ def test_make_refuses_a_folder_that_is_not_empty_unless_forced(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OutputExists, match="is a file"):
         make(tmp_path / "file")
+
+
+def test_only_python_source_ships(tmp_path, monkeypatch):
+    source = tmp_path / "src/minilora"
+    shutil.copytree(package_root(), source, ignore=shutil.ignore_patterns("__pycache__"))
+    (source / "analysis.py.orig").write_text("a backup, with the solutions")
+    monkeypatch.setattr(make_module, "package_root", lambda: source)
+    files = copy_files(make(tmp_path / "out"))
+    assert "minilora/analysis.py.orig" not in files and "minilora/analysis.py" in files
 
 
 def test_a_failed_make_leaves_nothing_behind(tmp_path, monkeypatch):
