@@ -92,7 +92,7 @@ def unbroadcast(grad, shape):
     Broadcasting copies an input along new leading axes and along axes of size
     1, so its gradient is the sum over those axes.
     """
-    # BEGIN SOLUTION 3 "unbroadcast"
+    # BEGIN SOLUTION 2 "unbroadcast"
     if grad.shape == tuple(shape):
         return grad
     extra = grad.ndim - len(shape)
@@ -102,7 +102,7 @@ def unbroadcast(grad, shape):
     if stretched:
         grad = grad.sum(axis=stretched, keepdims=True)
     return grad
-    # END SOLUTION 3
+    # END SOLUTION 2
 
 
 class Function:
@@ -318,7 +318,7 @@ class Tensor:
             if grad.shape != self.data.shape:
                 raise ValueError(f"backward(): grad has shape {grad.shape}, the tensor has {self.shape}")
 
-        # BEGIN SOLUTION 2 "The backward loop"
+        # BEGIN SOLUTION 3 "The backward loop"
         grads = {id(self): grad}
         for node in reversed(_topological_order(self)):
             g = grads.pop(id(node), None)
@@ -348,7 +348,7 @@ class Tensor:
                 node._fn = node._ctx = None
                 node._parents = ()
                 node._freed = True
-        # END SOLUTION 2
+        # END SOLUTION 3
 
 
 def _topological_order(root):

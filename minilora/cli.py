@@ -302,9 +302,11 @@ def _register_paper(subparsers):
 # ---- assignment -------------------------------------------------------------------------------
 @command
 def _register_assignment(subparsers):
-    from .assignment.cli import register
+    from .assignment.cli import DESCRIPTION, add_assignment_actions
 
-    register(subparsers)
+    p = add_subparser(subparsers, "assignment", help="classroom exercises: make a student copy, check, grade",
+                      description=DESCRIPTION)
+    add_assignment_actions(p, add_subparser)
 
 
 # ---- entry point -------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ a gradient or a property to go by, without them too (what a student's
 ``minilora assignment check`` does).
 """
 import importlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -240,9 +238,11 @@ WRONG = {  # exercise -> [(what is wrong, object, attribute, replacement)]
     12: [("repeated indices keep one gradient", shape.GetItem, "backward", _static(_getitem_drops_repeats)),
          ("embedding: repeated ids keep one row", embedding.Embedding, "backward", _static(_embedding_drops_repeats))],
     13: [("softmax's dx = y dy", softmax, "softmax_backward", lambda y, dy, axis: y * dy)],
-    14: [("the mean over all rows, ignored ones too", softmax.CrossEntropy, "backward", _static(_cross_entropy_mean_over_all_rows))],
+    14: [("the mean over all rows, ignored ones too", softmax.CrossEntropy, "backward",
+          _static(_cross_entropy_mean_over_all_rows))],
     15: [("the variance term dropped", norm.LayerNorm, "backward", _static(_layer_norm_without_variance_term))],
-    16: [("the causal mask off by one", attention, "causal_mask", lambda xp, T, S: xp.tril(xp.ones((T, S), dtype=bool), k=S - T + 1))],
+    16: [("the causal mask off by one", attention, "causal_mask",
+          lambda xp, T, S: xp.tril(xp.ones((T, S), dtype=bool), k=S - T + 1))],
     17: [("no momentum buffer", optim.SGD, "step", _sgd_without_buffer)],
     18: [("no bias correction", optim, "adamw_update", _adamw_without_bias_correction)],
     19: [("each gradient clipped alone", optim, "clip_grad_norm", _clip_each_alone)],
@@ -258,7 +258,8 @@ def test_every_exercise_has_a_wrong_variant():
     assert sorted(WRONG) == NUMBERS
 
 
-@pytest.mark.parametrize("number, wrong", [(n, w) for n, ws in WRONG.items() for w in ws], ids=lambda v: str(v[0]) if isinstance(v, tuple) else str(v))
+@pytest.mark.parametrize("number, wrong", [(n, w) for n, ws in WRONG.items() for w in ws],
+                         ids=[f"{n}-{w[0]}" for n, ws in WRONG.items() for w in ws])
 def test_a_wrong_solution_fails_its_checks(number, wrong, monkeypatch):
     what, owner, name, replacement = wrong
     expected = instructor_values(number)

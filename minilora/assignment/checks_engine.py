@@ -5,7 +5,8 @@ student can check them before doing any op's backward.
 """
 import numpy as np
 
-from .judging import Case, CustomCheck, GradientCheck, compare, compare_all, directions, first_values, read_result, rng_for, submodule
+from .judging import (Case, CustomCheck, GradientCheck, compare, compare_all, directions, first_values, read_result,
+                      rng_for, submodule)
 
 
 # ---- 1. Topological order --------------------------------------------------------------------
@@ -41,6 +42,7 @@ def _run_order(package, case):
 
 
 def _judge_order(case, arrays, expected):
+    """Any order that lists each wanted tensor once, after its inputs, is right: the instructor's is one of many."""
     order = [int(i) for i in arrays["order"]]
     count, adds, constants = case.inputs["leaves"], case.inputs["adds"], set(case.inputs["constants"])
     parents = {count + i: (int(a), int(b)) for i, (a, b) in enumerate(adds)}

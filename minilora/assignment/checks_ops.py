@@ -108,7 +108,8 @@ def _build_sum_mean(package, t, inputs):
 
 def _cases_sum_mean():
     return [_case("axis 1 of (3, 4)", axis=1, keepdims=False, **_arrays("10-a", sum_x=(3, 4), mean_x=(3, 4))),
-            _case("axes (0, 2) of (2, 3, 4), keepdims", axis=(0, 2), keepdims=True, **_arrays("10-b", sum_x=(2, 3, 4), mean_x=(2, 3, 4))),
+            _case("axes (0, 2) of (2, 3, 4), keepdims", axis=(0, 2), keepdims=True,
+                  **_arrays("10-b", sum_x=(2, 3, 4), mean_x=(2, 3, 4))),
             _case("every axis of (2, 3)", axis=(0, 1), keepdims=False, **_arrays("10-c", sum_x=(2, 3), mean_x=(2, 3)))]
 
 

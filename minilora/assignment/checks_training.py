@@ -16,7 +16,9 @@ def _grads(label, shape, constant):
     rng = rng_for(label, "grads")
     if constant == "zero":
         return np.zeros((STEPS, *shape))
-    return np.broadcast_to(rng.standard_normal(shape), (STEPS, *shape)).copy() if constant else rng.standard_normal((STEPS, *shape))
+    if constant:
+        return np.broadcast_to(rng.standard_normal(shape), (STEPS, *shape)).copy()
+    return rng.standard_normal((STEPS, *shape))
 
 
 def _case(name, shape=(2, 3), constant=False, **hyper):
@@ -108,8 +110,9 @@ def _run_adamw(package, case):
     p = np.array(h["p"])
     m, v = np.zeros_like(p), np.zeros_like(p)
     params = []
+    update = submodule(package, "optim").adamw_update
     for t, g in enumerate(h["grads"], 1):
-        submodule(package, "optim").adamw_update(p, np.array(g), m, v, t, h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"])
+        update(p, np.array(g), m, v, t, h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"])
         params.append(p.copy())
     return {"params": np.stack(params), "exp_avg": m.copy(), "exp_avg_sq": v.copy()}
 

@@ -4,8 +4,9 @@
     minilora assignment make OUT --exercises 1-9  # a student copy in OUT
     minilora assignment check 7                   # exercise 7's checks on the installed minilora
 
-``grade`` is registered by ``grade.py`` (``register(actions)``), which only the
-instructor's package has: a student copy has no grader.
+minilora/cli.py makes the ``assignment`` parser; ``add_assignment_actions`` adds
+its actions. ``grade`` is added by ``grade.py`` (``register(actions, add_subparser)``),
+which only the instructor's package has: a student copy has no grader.
 """
 import importlib
 import importlib.util
@@ -24,12 +25,11 @@ class ChecksFailed(CommandError):
     status = 1
 
 
-def register(subparsers):
-    """Add ``minilora assignment`` and its actions to the ``minilora`` command's ``subparsers``."""
-    from ..cli import add_subparser
+def add_assignment_actions(parser, add_subparser):
+    """Add the actions (list, make, check, and grade where grade.py exists) to the ``assignment`` parser.
 
-    parser = add_subparser(subparsers, "assignment", help="classroom exercises: make a student copy, check, grade",
-                           description=DESCRIPTION)
+    ``add_subparser(actions, name, **kwargs)`` is minilora.cli's: a parser with its help format and --debug.
+    """
     actions = parser.add_subparsers(title="actions", dest="action", metavar="ACTION", required=True)
     add_subparser(actions, "list", help="the exercises, their points, and the files that hold them").set_defaults(run=run_list)
     make = add_subparser(actions, "make", help="write a student copy with the chosen exercises blanked out")
@@ -41,7 +41,7 @@ def register(subparsers):
     check.add_argument("numbers", metavar="N", help="an exercise number, or several: 1,3-7")
     check.set_defaults(run=run_check)
     if importlib.util.find_spec(f"{__package__}.grade") is not None:
-        importlib.import_module(f"{__package__}.grade").register(actions)
+        importlib.import_module(f"{__package__}.grade").register(actions, add_subparser)
 
 
 def run_list(args):

@@ -41,7 +41,8 @@ EXERCISES = (
               "_topological_order(root) in autograd.py: every tensor that requires grad and is reachable from root, "
               "each listed after all of its inputs (._parents).",
               "a depth-first search that appends a node once all its parents are done; mark nodes visited so a "
-              "shared subexpression appears once, and use an explicit stack (a deep graph must not hit Python's recursion limit)."),
+              "shared subexpression appears once, and use an explicit stack (a deep graph must not hit Python's "
+              "recursion limit)."),
     _exercise(2, "unbroadcast", 2,
               "unbroadcast(grad, shape) in autograd.py: sum grad down to shape, the backward of NumPy broadcasting.",
               "broadcasting adds leading axes and stretches axes of size 1; sum over the first and over the second "

@@ -9,7 +9,7 @@ The copy holds:
     pyproject.toml      so that ``pip install -e .`` installs it and the ``minilora`` command
     README.md           for the students: install, check, submit
 
-Left out: caches and bytecode, the fast variants (``minilora/fused/``, each
+Left out: everything but Python source (caches, bytecode, stray files), the fast variants (``minilora/fused/``, each
 subclasses a reference op with its own backward: the solution), and the
 instructor's grader (``INSTRUCTOR_ONLY``). Worked examples keep their solution.
 The copy is written into a temporary folder beside OUT, then renamed, so that
@@ -180,8 +180,9 @@ def _write_copy(root, numbers):
 
 
 def _ships(path, relative):
-    """Whether a file of the package goes into the copy."""
-    if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
+    """Whether a file of the package goes into the copy: Python source only (the package has no data files;
+    a stray backup, a saved run or bytecode stays behind), and none of the instructor's."""
+    if not path.is_file() or path.suffix != ".py" or "__pycache__" in path.parts:
         return False
     return relative not in INSTRUCTOR_ONLY and not relative.startswith("minilora/fused/")
 
@@ -203,7 +204,7 @@ def _write_project_files(root, numbers):
 
 
 def student_source(text, path, numbers):
-    """``text`` with its fences renamed to EXERCISE, and the bodies of the non-worked exercises in ``numbers`` replaced by a stub."""
+    """``text`` with its fences renamed to EXERCISE and the bodies of the non-worked exercises in ``numbers`` stubbed."""
     lines = text.splitlines(keepends=True)
     for region in reversed(find_regions(text, path)):
         e = exercise(region.number)
