@@ -78,7 +78,7 @@ class ExerciseResult:
     cases: list
     problem: str | None = None
     seconds: float = 0.0
-    output: str = ""
+    output: str = ""  # what the student's code printed (its start): for the instructor, never in the report
 
     @property
     def passed(self):
@@ -104,8 +104,6 @@ class ExerciseResult:
         lines = [f"problem: {self.problem}"] if self.problem else []
         lines += [f"{'ok  ' if c.message is None else 'FAIL'}  {c.name}" + (f"\n      {c.message}" if c.message else "")
                   for c in self.cases]
-        if self.output:
-            lines.append(f"your code printed:\n{self.output}")
         return "\n".join(lines)
 
 
@@ -311,10 +309,14 @@ def _run_child(number, cases, root, timeout):
     work = root / "work"
     work.mkdir()
     packages, repos = _instructor_folders()
+    # The temporary folder holds the other children's hybrids (with the instructor's code of this exercise):
+    # the child reads only its own folder there.
+    repos.append(os.path.realpath(tempfile.gettempdir()))
     read_fd, write_fd = os.pipe()
     token = secrets.token_hex(16)
     config = {"sys_path": [os.path.realpath(root)] + _python_paths(), "package_root": os.path.realpath(root),
-              "result_fd": write_fd, "packages": packages, "repos": repos, "exempt": _python_paths(),
+              "result_fd": write_fd, "packages": packages, "repos": repos,
+              "exempt": _python_paths() + [os.path.realpath(root)],
               "work": os.path.realpath(work), "memory_bytes": MEMORY_BYTES, "cpu_seconds": int(timeout) + 2,
               "file_bytes": FILE_BYTES}
     payload = pickle.dumps({"number": number, "token": token, "cases": [(c.name, c.inputs, c.smooth) for c in cases]})
@@ -510,10 +512,8 @@ def results_json(results, seconds):
 
 
 # ---- the command --------------------------------------------------------------------------------
-def register(actions):
-    """Add ``grade`` to ``minilora assignment``'s actions (cli.py calls this when the grader is installed)."""
-    from ..cli import add_subparser
-
+def register(actions, add_subparser):
+    """Add ``grade`` to ``minilora assignment``'s actions (assignment/cli.py calls this where the grader is installed)."""
     parser = add_subparser(actions, "grade", help="grade a student's submission (instructors)",
                            description="Grade a submission: each exercise runs in its own sandboxed process against "
                                        "the values this installation computes; prints a table and writes Gradescope's "
