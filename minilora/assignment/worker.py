@@ -23,6 +23,7 @@ child's own work folder; links; starting processes, signalling other processes,
 sockets; ctypes (so memory cannot be patched); and walking the garbage
 collector's objects (so the hook's own state cannot be found and changed).
 """
+import builtins
 import io
 import json
 import os
@@ -128,8 +129,6 @@ def _describe(error, root):
     so only a built-in exception's name (a class of the student's own is named by its built-in base), the
     message's first line, cut short, and a place that is a real file of the package with a plain name.
     """
-    import builtins
-
     kind = next(c.__name__ for c in type(error).__mro__ if getattr(builtins, c.__name__, None) is c)
     kind = kind if type(error).__name__ == kind and getattr(builtins, kind) is type(error) else f"{kind} (a subclass)"
     try:
@@ -171,6 +170,7 @@ def main():
     _limit(config["memory_bytes"], config["cpu_seconds"], config["file_bytes"])
     _install_guard(config["packages"], config["repos"], config["exempt"], config["work"])
     import pickle
+    import zipfile  # noqa: F401  np.savez imports it: imported now, before the student's code can break imports
 
     import numpy as np
 
@@ -188,12 +188,15 @@ def main():
         _send(fd, kind="end", token=token, count=0)
         return
     for index, (name, inputs, smooth) in enumerate(job["cases"]):
+        sys.path[:] = config["sys_path"]  # as it was, whatever the previous case did to it
         try:
             arrays = _numeric(checks.run_case(minilora, number, Case(name, inputs, smooth)))
         except BaseException as error:  # noqa: BLE001  sys.exit() and KeyboardInterrupt fail the case too
+            sys.path[:] = config["sys_path"]
             kind, message, where = _describe(error, root)
             _send(fd, kind="error", index=index, type=kind, message=message, where=where)
             continue
+        sys.path[:] = config["sys_path"]
         keys = list(arrays)
         _send(fd, kind="case", index=index, keys=np.array(keys, dtype=str),
               **{f"v{i}": arrays[key] for i, key in enumerate(keys)})
