@@ -179,3 +179,24 @@ def planted_copy(full, bug, folder):
     shutil.copytree(full / "minilora", copy / "minilora")
     apply(bug, copy / "minilora")
     return copy
+
+
+def region_copy(full, folder, number, body, files=None):
+    """A copy of the student copy ``full`` in ``folder``/submission whose first region of exercise ``number``
+    holds ``body`` (dedented, then indented as the region), and with ``files`` ({relative path: text}) written."""
+    import shutil
+    import textwrap
+
+    copy = Path(folder) / "submission"
+    shutil.copytree(full / "minilora", copy / "minilora")
+    for path in sorted((copy / "minilora").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        region = next((r for r in find_regions(text, path.name) if r.number == number), None) if "# BEGIN" in text else None
+        if region is not None and "/assignment/" not in path.as_posix():
+            lines = text.splitlines(keepends=True)
+            lines[region.start_line:region.end_line - 1] = [textwrap.indent(textwrap.dedent(body), region.indent)]
+            path.write_text("".join(lines), encoding="utf-8")
+            break
+    for relative, content in (files or {}).items():
+        (copy / relative).write_text(content, encoding="utf-8")
+    return copy

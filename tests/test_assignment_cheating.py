@@ -6,19 +6,16 @@ exercise 7 is graded beside it and must pass. Where a cheat would work without t
 defences (reading or importing the instructor's files), the test shows that first, in this process.
 """
 import json
-import os
-import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from minilora.assignment import grade as grading
-from minilora.assignment.exercises import find_regions, package_root
+from minilora.assignment.exercises import package_root
 
-from planted_bugs import student_copies
+from planted_bugs import region_copy, student_copies
 
 CHEAT, OTHER = 6, 7
 SOLUTION_FILE = package_root() / "functional" / "elementwise.py"
@@ -28,21 +25,6 @@ ZERO = "return dy * 0, dy * 0\n"
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     return student_copies(tmp_path_factory.mktemp("copies"))[1]
-
-
-def cheating_copy(full, folder, body, files=None):
-    """A copy of ``full`` whose first region of exercise CHEAT holds ``body``, plus ``files`` ({path: text})."""
-    copy = Path(folder) / "submission"
-    shutil.copytree(full / "minilora", copy / "minilora")
-    path = copy / "minilora/functional/elementwise.py"
-    text = path.read_text(encoding="utf-8")
-    region = next(r for r in find_regions(text, path.name) if r.number == CHEAT)
-    lines = text.splitlines(keepends=True)
-    lines[region.start_line:region.end_line - 1] = [textwrap.indent(textwrap.dedent(body), region.indent)]
-    path.write_text("".join(lines), encoding="utf-8")
-    for relative, content in (files or {}).items():
-        (copy / relative).write_text(content, encoding="utf-8")
-    return copy
 
 
 def grade_cheat(copy, timeout=grading.TIMEOUT):
@@ -82,7 +64,7 @@ def test_reading_expected_values_finds_nothing(full, tmp_path):
             print("refused:", error)
         print("FOUND", seen)
         {ZERO}"""
-    result = grade_cheat(cheating_copy(full, tmp_path, body))
+    result = grade_cheat(region_copy(full, tmp_path, CHEAT, body))
     assert "FOUND []" in result.output, result.output
     assert "refused: mem" in result.output and "gc.get_objects" in result.output
 
@@ -98,7 +80,7 @@ def test_patching_the_checks_in_process_changes_nothing(full, tmp_path):
         import hypothesis
         hypothesis.given = hypothesis.settings = None
         {ZERO}"""
-    result = grade_cheat(cheating_copy(full, tmp_path, body))
+    result = grade_cheat(region_copy(full, tmp_path, CHEAT, body))
     assert "is wrong" in result.first_failure
 
 
@@ -106,14 +88,14 @@ def test_a_submitted_checks_module_is_not_used(full, tmp_path):
     """The submission's minilora/assignment/ is replaced by the instructor's in every hybrid."""
     rigged = ("from .judging import Case\n\ndef cases(number):\n    return []\n\n"
               "def run_case(package, number, case):\n    return {}\n\ndef judge(*args, **kwargs):\n    return None\n")
-    result = grade_cheat(cheating_copy(full, tmp_path, ZERO, {"minilora/assignment/checks.py": rigged}))
+    result = grade_cheat(region_copy(full, tmp_path, CHEAT, ZERO, {"minilora/assignment/checks.py": rigged}))
     assert "is wrong" in result.first_failure
 
 
 @pytest.mark.parametrize("exit_call", ["sys.exit(0)", "os._exit(0)", "raise SystemExit"])
 def test_exiting_early_with_success_scores_nothing(full, tmp_path, exit_call):
     body = f"import os, sys\n{exit_call}\n"
-    result = grade_cheat(cheating_copy(full, tmp_path, body))
+    result = grade_cheat(region_copy(full, tmp_path, CHEAT, body))
     assert "sys.exit" in result.first_failure or "ended before all" in result.first_failure
 
 
@@ -131,7 +113,7 @@ def test_writing_the_results_file_is_refused_and_overwritten(full, tmp_path):
             except OSError as error:
                 print("refused:", error)
         {ZERO}"""
-    copy = cheating_copy(full, tmp_path, body)
+    copy = region_copy(full, tmp_path, CHEAT, body)
     command = [sys.executable, "-c", "import sys; from minilora.cli import main; sys.exit(main(sys.argv[1:]))",
                "assignment", "grade", str(copy), "--json", str(results), "--exercises", f"{CHEAT},{OTHER}"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -190,5 +172,5 @@ def test_the_solution_cheats_would_work_without_the_sandbox():
 
 @pytest.mark.parametrize("name", CHEATS)
 def test_using_the_instructors_solution_is_refused(full, tmp_path, name):
-    result = grade_cheat(cheating_copy(full, tmp_path, CHEATS[name]))
+    result = grade_cheat(region_copy(full, tmp_path, CHEAT, CHEATS[name]))
     assert "PermissionError" in result.first_failure or "ImportError" in result.first_failure, result.first_failure

@@ -27,6 +27,7 @@ import io
 import json
 import os
 import pickle
+import re
 import secrets
 import selectors
 import shutil
@@ -45,7 +46,7 @@ import numpy as np
 
 from ..cli_options import CommandError, positive_float
 from . import checks
-from .exercises import EXERCISES, exercise, find_regions, package_root, parse_numbers, solution_files
+from .exercises import BEGIN, END, EXERCISES, Region, exercise, find_regions, package_root, parse_numbers, solution_files
 from .make import INSTRUCTOR_ONLY
 
 TIMEOUT = 20.0  # seconds per exercise, the child's start included (about 1 s on a 2-core laptop)
@@ -55,6 +56,8 @@ RESULT_BYTES = 64 << 20  # at most this much data from a child (all cases togeth
 MEMORY_BYTES = 4 << 30  # a child's address space
 FILE_BYTES = 16 << 20  # the largest file a child may write (in its own work folder)
 SUBMISSION_BYTES, SUBMISSION_FILES = 64 << 20, 5000  # a submission (or its .zip, unpacked) must be smaller
+_TITLES = {e.number: e.title for e in EXERCISES}
+MARKER = re.compile(r"#\s*(BEGIN|END)\s+(SOLUTION|EXERCISE)\b")  # any line that tries to be a marker
 WORKER_SOURCE = (Path(__file__).with_name("worker.py")).read_text(encoding="utf-8")
 
 
@@ -195,43 +198,79 @@ def _replace_bodies(text, regions, bodies):
     return "".join(lines)
 
 
+def _student_regions(text):
+    """({number: [Region]}, damaged numbers) of a submission's file, read leniently: a damaged marker
+    (unclosed, unmatched, retitled, malformed) costs only the exercise it belongs to."""
+    regions, damaged, open_ = {}, set(), None
+    lines = text.splitlines(keepends=True)
+    for n, line in enumerate(lines, 1):
+        begin, end = BEGIN.match(line), END.match(line)
+        if begin:
+            if open_:
+                damaged.add(open_[1])
+            number = int(begin.group(3))
+            if number not in _TITLES or begin.group(4) != _TITLES[number]:
+                damaged.add(number)
+            open_ = (n, number, begin)
+        elif end:
+            number = int(end.group(3))
+            if open_ and open_[1] == number:
+                first, _, match = open_
+                regions.setdefault(number, []).append(
+                    Region(number, "exercise", first, n, "".join(lines[first:n - 1]), match.group(4), match.group(1)))
+            else:
+                damaged.update({number} | ({open_[1]} if open_ else set()))
+            open_ = None
+        elif MARKER.search(line) and line.lstrip().startswith("#"):
+            damaged.update(int(d) for d in re.findall(r"\d+", line)[:1])
+    if open_:
+        damaged.add(open_[1])
+    return regions, damaged
+
+
 def splice(package, keep):
     """The fenced files of the hybrid package: ({relative path: text}, {exercise: problem}).
 
     ``package`` is the submission's minilora folder; the regions of the exercises in ``keep`` keep the
-    submission's code, every other region gets the instructor's. Where a file's fences are damaged or
-    missing, the instructor's file is the base instead (the submission's code of ``keep`` spliced in if
-    its own fences are intact), and each exercise whose fences there cannot be read gets a problem.
+    submission's code, every other region gets the instructor's. Where a file's markers are damaged,
+    the instructor's file is the base instead, with the submission's code of ``keep`` spliced in where
+    that exercise's own markers are intact; each exercise whose markers are damaged gets a problem.
     """
     sources, problems = {}, {}
     for relative, (ours, our_regions) in _instructor_files().items():
         numbers = Counter(r.number for r in our_regions)
-        path = package.parent / relative
         try:
-            text = path.read_text(encoding="utf-8")
-            theirs = find_regions(text, relative)
-        except FileNotFoundError:
-            problems.update({n: f"{relative} is missing from the submission" for n in numbers})
+            text = (package.parent / relative).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            problems.update({n: f"{relative} cannot be read from the submission ({type(error).__name__})" for n in numbers})
             sources[relative] = ours
             continue
-        except (ValueError, UnicodeDecodeError) as error:
-            problems.update({n: f"the exercise markers of {relative} cannot be read: {error}" for n in numbers})
-            sources[relative] = ours
-            continue
-        found = Counter(r.number for r in theirs)
-        broken = {n for n in numbers | found if numbers[n] != found[n]}
-        for n in broken:
-            problems[n] = (f"{relative} should hold {numbers[n]} region(s) of exercise {n} between "
-                           f"'# BEGIN EXERCISE {n}' and '# END EXERCISE {n}' lines, it holds {found[n]}. "
-                           "Fix: put those lines back as the student copy had them")
-        if not broken and [r.number for r in theirs] == [r.number for r in our_regions]:
-            sources[relative] = _replace_bodies(text, theirs, {i: our_regions[i].body for i, r in enumerate(theirs)
-                                                               if r.number not in keep})
+        theirs, damaged = _student_regions(text)
+        damaged |= {n for n in numbers if len(theirs.get(n, ())) != numbers[n]}
+        for n in sorted(damaged & set(numbers)):
+            problems[n] = (f"the markers of exercise {n} in {relative} are damaged: it should hold {numbers[n]} "
+                           f"region(s) between '# BEGIN EXERCISE {n} \"{_TITLES[n]}\"' and '# END EXERCISE {n}' lines, "
+                           f"{len(theirs.get(n, ()))} are intact. Fix: put those lines back as the student copy had them")
+        seen = Counter()
+        if not damaged and not set(theirs) - set(numbers):
+            ordered = sorted((r for rs in theirs.values() for r in rs), key=lambda r: r.start_line)
+            bodies = {}
+            for i, region in enumerate(ordered):
+                bodies[i] = None if region.number in keep else _nth(our_regions, region.number, seen[region.number]).body
+                seen[region.number] += 1
+            sources[relative] = _replace_bodies(text, ordered, {i: b for i, b in bodies.items() if b is not None})
         else:
-            kept = {i: theirs[i].body for i, r in enumerate(our_regions) if r.number in keep and r.number not in broken
-                    and i < len(theirs) and theirs[i].number == r.number}
+            kept = {}
+            for i, region in enumerate(our_regions):
+                if region.number in keep and region.number not in damaged:
+                    kept[i] = theirs[region.number][seen[region.number]].body
+                seen[region.number] += 1
             sources[relative] = _replace_bodies(ours, our_regions, kept)
     return sources, problems
+
+
+def _nth(regions, number, n):
+    return [r for r in regions if r.number == number][n]
 
 
 def build_hybrid(package, number, root):
