@@ -174,3 +174,24 @@ def test_the_solution_cheats_would_work_without_the_sandbox():
 def test_using_the_instructors_solution_is_refused(full, tmp_path, name):
     result = grade_cheat(region_copy(full, tmp_path, CHEAT, CHEATS[name]))
     assert "PermissionError" in result.first_failure or "ImportError" in result.first_failure, result.first_failure
+
+
+def test_reading_any_file_outside_its_folder_is_refused(full, tmp_path):
+    """On Gradescope the instructor's wheel sits in /autograder/source: the child reads only its folder and Python."""
+    wheel = tmp_path / "source" / "minilora-0.1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(SOLUTION_FILE.read_bytes())
+    body = f"""
+        import os
+        for action in (lambda: open({str(wheel)!r}, "rb").read(), lambda: os.listdir({str(wheel.parent)!r}),
+                       lambda: open("/etc/passwd").read()):
+            try:
+                action()
+                print("READ")
+            except PermissionError as error:
+                print("refused:", error)
+        {ZERO}"""
+    result = grade_cheat(region_copy(full, tmp_path, CHEAT, body))
+    assert "READ" not in result.output, result.output
+    for refused in (f"reading {wheel}", f"listing {wheel.parent}", "reading /etc/passwd"):
+        assert f"the grader does not allow {refused}" in result.output

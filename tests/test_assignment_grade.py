@@ -154,3 +154,12 @@ def test_a_bad_submission_path_is_one_line_and_status_2(tmp_path, target, messag
 def test_bad_exercise_numbers_are_a_usage_error(copies):
     done = cli(copies[1], "--exercises", "99")
     assert done.returncode == 2 and "there is no exercise 99" in done.stderr
+
+
+def test_a_folder_holding_the_zip_is_graded(copies, tmp_path):
+    """Gradescope may leave the student's upload as a .zip inside /autograder/submission."""
+    (tmp_path / "submission").mkdir()
+    with zipfile.ZipFile(tmp_path / "submission" / "upload.zip", "w") as out:
+        for path in (copies[1] / "minilora").rglob("*.py"):
+            out.write(path, path.relative_to(copies[1]).as_posix())
+    assert all(r.passed for r in grading.grade(tmp_path / "submission", [5]))

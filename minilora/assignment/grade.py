@@ -124,7 +124,7 @@ def open_submission(path, scratch):
         if not zipfile.is_zipfile(path):
             raise GradeError(f"{path} is neither a folder nor a .zip file. Fix: pass the student's copy or a .zip of it")
         path = _unzip(path, scratch / "unzipped")
-    package = _find_package(path)
+    package = _find_package(path, scratch)
     if package is None:
         raise GradeError(f"{path} holds no minilora/ package (no minilora/__init__.py at its top or one folder down). "
                          "Fix: pass the folder that 'minilora assignment make' wrote, or a .zip of its minilora/ folder")
@@ -133,7 +133,10 @@ def open_submission(path, scratch):
     return target
 
 
-def _find_package(root):
+def _find_package(root, scratch):
+    archives = [p for p in root.iterdir() if p.suffix == ".zip" and p.is_file()]
+    if len(archives) == 1 and not (root / "minilora").is_dir():  # a folder holding the student's .zip (Gradescope)
+        root = _unzip(archives[0], scratch / "unzipped")
     candidates = [root / "minilora", root] + sorted(p / "minilora" for p in root.iterdir() if p.is_dir() and not p.is_symlink())
     for candidate in candidates:
         if candidate.name == "minilora" and (candidate / "__init__.py").is_file() and not candidate.is_symlink():
@@ -319,8 +322,8 @@ def _python_paths():
     return list(dict.fromkeys(os.path.realpath(p) for p in found if os.path.exists(p)))
 
 
-def _instructor_folders():
-    """(package folders, repository folders): every minilora this Python can import, and the projects that hold them."""
+def _instructor_packages():
+    """Every minilora folder this Python can import (the editable install's target included): the child reads none."""
     packages = {os.path.realpath(package_root())}
     for finder in sys.meta_path:  # an editable install maps the name to its source folder
         mapping = getattr(sys.modules.get(type(finder).__module__), "MAPPING", None)
@@ -329,10 +332,7 @@ def _instructor_folders():
     for entry in sys.path:
         if entry and os.path.isfile(os.path.join(entry, "minilora", "__init__.py")):
             packages.add(os.path.realpath(os.path.join(entry, "minilora")))
-    python = _python_paths()
-    repos = {folder for folder in map(os.path.dirname, packages)
-             if folder not in python and (Path(folder, "pyproject.toml").exists() or Path(folder, ".git").exists())}
-    return sorted(packages), sorted(repos)
+    return sorted(packages)
 
 
 def _environment(work):
@@ -347,15 +347,13 @@ def _run_child(number, cases, root, timeout):
     """Run exercise ``number``'s ``cases`` on the hybrid package in ``root``; what came back (an _Outcome)."""
     work = root / "work"
     work.mkdir()
-    packages, repos = _instructor_folders()
-    # The temporary folder holds the other children's hybrids (with the instructor's code of this exercise):
-    # the child reads only its own folder there.
-    repos.append(os.path.realpath(tempfile.gettempdir()))
     read_fd, write_fd = os.pipe()
     token = secrets.token_hex(16)
+    # The child reads only its own folder and Python: not the instructor's files, a wheel of them, the other
+    # children's hybrids (which hold the instructor's code of this exercise), or other submissions.
     config = {"sys_path": [os.path.realpath(root)] + _python_paths(), "package_root": os.path.realpath(root),
-              "result_fd": write_fd, "packages": packages, "repos": repos,
-              "exempt": _python_paths() + [os.path.realpath(root)],
+              "result_fd": write_fd, "readable": [os.path.realpath(root)] + _python_paths(),
+              "packages": _instructor_packages(),
               "work": os.path.realpath(work), "memory_bytes": MEMORY_BYTES, "cpu_seconds": int(timeout) + 2,
               "file_bytes": FILE_BYTES}
     payload = pickle.dumps({"number": number, "token": token, "cases": [(c.name, c.inputs, c.smooth) for c in cases]})

@@ -17,8 +17,9 @@ than a frame per case and the end frame earns nothing. It never judges: the
 instructor's values exist only in the grader's process.
 
 Before any of the student's code is imported, ``_install_guard`` adds an audit
-hook (PEP 578), which cannot be removed, that refuses: reading or listing the
-instructor's package and repository; writing, renaming or deleting outside the
+hook (PEP 578), which cannot be removed, that refuses: reading, listing or
+importing anything but the child's own folder and the Python installation (the
+instructor's package refused even there); writing, renaming or deleting outside the
 child's own work folder; links; starting processes, signalling other processes,
 sockets; ctypes (so memory cannot be patched); and walking the garbage
 collector's objects (so the hook's own state cannot be found and changed).
@@ -38,6 +39,7 @@ _BLOCKED_IMPORTS = ("ctypes", "_ctypes", "cffi", "_cffi_backend")
 _WRITE_EVENTS = ("os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown", "os.truncate", "os.utime",
                  "shutil.rmtree", "shutil.move", "shutil.copyfile", "shutil.copytree", "os.chflags", "os.setxattr",
                  "os.removexattr")
+_DEVICES = ("/dev/null", "/dev/urandom", "/dev/random", "/dev/zero")  # readable too
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 MESSAGE_CHARS = 300  # an exception's message is cut to this many characters
 
@@ -46,15 +48,14 @@ class Refused(PermissionError):
     """What the audit hook raises: the grader does not allow this."""
 
 
-def _install_guard(packages, repos, exempt, writable):
-    """Add the audit hook. packages: the instructor's minilora folders (never readable); repos: the folders that hold
-    them (readable only inside ``exempt``, the Python installation); writable: the only folder the child may write in."""
-    packages, repos, exempt = tuple(packages), tuple(repos), tuple(exempt)
+def _install_guard(readable_roots, packages, writable):
+    """Add the audit hook. readable_roots: the only folders the child may read (its own, the Python installation);
+    packages: the instructor's minilora folders, never readable even inside those; writable: the child's work folder."""
+    roots, packages = tuple(readable_roots) + _DEVICES + (f"/proc/{os.getpid()}",), tuple(packages)
     realpath, sep = os.path.realpath, os.sep
-    own_proc = f"/proc/{os.getpid()}"
 
     def under(path, folder):
-        return folder is not None and (path == folder or path.startswith(folder + sep))
+        return path == folder or path.startswith(folder + sep)
 
     def resolve(path):
         if isinstance(path, bytes):
@@ -62,14 +63,7 @@ def _install_guard(packages, repos, exempt, writable):
         return realpath(path) if isinstance(path, str) else None
 
     def readable(path):
-        if path is None:
-            return True
-        if any(under(path, p) for p in packages) or (
-                any(under(path, r) for r in repos) and not any(under(path, e) for e in exempt)):
-            return False
-        if path.startswith("/proc/") and path.split(sep)[2].isdigit() and not under(path, own_proc):
-            return False
-        return True
+        return path is None or (any(under(path, r) for r in roots) and not any(under(path, p) for p in packages))
 
     def hook(event, args):
         if event in _BLOCKED_EVENTS or event.startswith(_BLOCKED_PREFIXES):
@@ -168,7 +162,7 @@ def main():
     payload = sys.stdin.buffer.read()
     sys.stdin.close()
     _limit(config["memory_bytes"], config["cpu_seconds"], config["file_bytes"])
-    _install_guard(config["packages"], config["repos"], config["exempt"], config["work"])
+    _install_guard(config["readable"], config["packages"], config["work"])
     import pickle
     __import__("zipfile")  # np.savez imports it: now, before the student's code can break imports
 
