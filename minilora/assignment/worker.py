@@ -44,10 +44,6 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 MESSAGE_CHARS = 300  # an exception's message is cut to this many characters
 
 
-class Refused(PermissionError):
-    """What the audit hook raises: the grader does not allow this."""
-
-
 def _install_guard(readable_roots, packages, writable):
     """Add the audit hook. readable_roots: the only folders the child may read (its own, the Python installation);
     packages: the instructor's minilora folders, never readable even inside those; writable: the child's work folder."""
@@ -67,33 +63,33 @@ def _install_guard(readable_roots, packages, writable):
 
     def hook(event, args):
         if event in _BLOCKED_EVENTS or event.startswith(_BLOCKED_PREFIXES):
-            raise Refused(f"the grader does not allow {event}")
+            raise PermissionError(f"the grader does not allow {event}")
         if event == "open":
             path, mode, flags = args
             if isinstance(path, int):
                 return
             path = resolve(path)
             if not readable(path):
-                raise Refused(f"the grader does not allow reading {path}")
+                raise PermissionError(f"the grader does not allow reading {path}")
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool((flags or 0) & _WRITE_FLAGS)
             if writing and not under(path, writable) and path != os.devnull:
-                raise Refused(f"the grader does not allow writing {path}: write only in the current folder")
+                raise PermissionError(f"the grader does not allow writing {path}: write only in the current folder")
         elif event in ("os.listdir", "os.scandir"):
             if not readable(resolve(args[0] if args and args[0] is not None else ".")):
-                raise Refused(f"the grader does not allow listing {args[0]}")
+                raise PermissionError(f"the grader does not allow listing {args[0]}")
         elif event in _WRITE_EVENTS:
             for path in args:
                 if isinstance(path, (str, bytes, os.PathLike)) and not under(resolve(path), writable):
-                    raise Refused(f"the grader does not allow {event} on {path}: write only in the current folder")
+                    raise PermissionError(f"the grader does not allow {event} on {path}: write only in the current folder")
         elif event == "import":
             name, _, path, meta_path = args[:4]
             if name.split(".")[0] in _BLOCKED_IMPORTS:
                 raise ImportError(f"the grader does not allow importing {name}")
             if any(type(finder).__module__.startswith("__editable__") for finder in meta_path or ()):
-                raise Refused("the grader does not allow the editable install's finder")
+                raise PermissionError("the grader does not allow the editable install's finder")
             for entry in path or ():
                 if isinstance(entry, (str, bytes)) and not readable(resolve(entry or ".")):
-                    raise Refused(f"the grader does not allow importing from {entry}")
+                    raise PermissionError(f"the grader does not allow importing from {entry}")
 
     sys.addaudithook(hook)
 
