@@ -25,6 +25,7 @@ sockets; ctypes (so memory cannot be patched); and walking the garbage
 collector's objects (so the hook's own state cannot be found and changed).
 """
 import builtins
+import contextlib
 import io
 import json
 import os
@@ -173,16 +174,16 @@ def main():
 
         minilora.set_backend("numpy")
     except BaseException as error:  # noqa: BLE001  the student's package may fail to import in any way
+        sys.path[:] = config["sys_path"]
         kind, message, where = _describe(error, root)
         _send(fd, kind="fatal", type=kind, message=message, where=where)
         _send(fd, kind="end", token=token, count=0)
         return
     for index, (name, inputs, smooth) in enumerate(job["cases"]):
-        sys.path[:] = config["sys_path"]  # as it was, whatever the previous case did to it
         try:
             arrays = _numeric(checks.run_case(minilora, number, Case(name, inputs, smooth)))
         except BaseException as error:  # noqa: BLE001  sys.exit() and KeyboardInterrupt fail the case too
-            sys.path[:] = config["sys_path"]
+            sys.path[:] = config["sys_path"]  # as it was, whatever the student's code did to it
             kind, message, where = _describe(error, root)
             _send(fd, kind="error", index=index, type=kind, message=message, where=where)
             continue
@@ -195,3 +196,6 @@ def main():
 
 if __name__ == "__main__":
     main()
+    with contextlib.suppress(Exception):  # the student's code may have closed stdout
+        sys.stdout.flush()
+    os._exit(0)  # now: no thread or exit handler of the student's may run on, or change the exit status
