@@ -163,3 +163,15 @@ def test_a_folder_holding_the_zip_is_graded(copies, tmp_path):
         for path in (copies[1] / "minilora").rglob("*.py"):
             out.write(path, path.relative_to(copies[1]).as_posix())
     assert all(r.passed for r in grading.grade(tmp_path / "submission", [5]))
+
+
+def test_a_damaged_zip_is_one_line_and_status_2(tmp_path):
+    archive = tmp_path / "submission.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("minilora/__init__.py", "x = 1\n" * 100)
+    data = bytearray(archive.read_bytes())
+    data[40:60] = b"\0" * 20  # over the member's local header: it no longer matches the directory
+    archive.write_bytes(bytes(data))
+    done = cli(archive)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "cannot unpack it" in done.stderr

@@ -146,6 +146,14 @@ def _find_package(root, scratch):
 
 def _unzip(path, target):
     """Unpack the .zip ``path`` into ``target``: regular files only, no path outside it, within the size limits."""
+    try:
+        return _unzip_members(path, target)
+    except (OSError, zipfile.BadZipFile, EOFError) as error:
+        raise GradeError(f"{path}: cannot unpack it ({type(error).__name__}: {error}). "
+                         "Fix: zip the minilora/ folder again (python -m zipfile -c submission.zip minilora)") from error
+
+
+def _unzip_members(path, target):
     with zipfile.ZipFile(path) as archive:
         members = [m for m in archive.infolist() if not m.is_dir() and (m.external_attr >> 16) & 0o170000 != 0o120000]
         if len(members) > SUBMISSION_FILES or sum(m.file_size for m in members) > SUBMISSION_BYTES:
