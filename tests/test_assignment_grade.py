@@ -175,3 +175,16 @@ def test_a_damaged_zip_is_one_line_and_status_2(tmp_path):
     done = cli(archive)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert "cannot unpack it" in done.stderr
+
+
+def test_a_machine_with_lower_limits_still_grades(copies):
+    """The child lowers its limits to the grader's own where those are lower (it cannot raise them)."""
+    import resource
+
+    limit = 3 << 30  # below the child's MEMORY_BYTES
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from minilora.cli import main; sys.exit(main(sys.argv[1:]))",
+         "assignment", "grade", str(copies[1]), "--exercises", "5"],
+        capture_output=True, text=True, timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert done.returncode == 0, done.stderr
+    assert "(100 %)" in done.stdout, done.stdout

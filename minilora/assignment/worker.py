@@ -99,6 +99,8 @@ def _limit(memory_bytes, cpu_seconds, file_bytes):
     """Hard limits (the child cannot raise them again): memory, CPU time, the size of a file it writes."""
     for limit, value in ((resource.RLIMIT_AS, memory_bytes), (resource.RLIMIT_CPU, cpu_seconds),
                          (resource.RLIMIT_FSIZE, file_bytes), (resource.RLIMIT_CORE, 0)):
+        hard = resource.getrlimit(limit)[1]
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)  # a limit can only go down
         resource.setrlimit(limit, (value, value))
 
 
