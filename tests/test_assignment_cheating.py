@@ -96,7 +96,7 @@ def test_a_submitted_checks_module_is_not_used(full, tmp_path):
 def test_exiting_early_with_success_scores_nothing(full, tmp_path, exit_call):
     body = f"import os, sys\n{exit_call}\n"
     result = grade_cheat(region_copy(full, tmp_path, CHEAT, body))
-    assert "sys.exit" in result.first_failure or "ended before all" in result.first_failure
+    assert "sys.exit" in result.first_failure or "ended without finishing" in result.first_failure
 
 
 def test_writing_the_results_file_is_refused_and_overwritten(full, tmp_path):
@@ -195,3 +195,24 @@ def test_reading_any_file_outside_its_folder_is_refused(full, tmp_path):
     assert "READ" not in result.output, result.output
     for refused in (f"reading {wheel}", f"listing {wheel.parent}", "reading /etc/passwd"):
         assert f"the grader does not allow {refused}" in result.output
+
+
+@pytest.mark.parametrize("forged", ["garbage", "a frame with a bad index", "an early end frame"])
+def test_forging_frames_on_the_result_pipe_scores_nothing(full, tmp_path, forged):
+    """The student's code can find the pipe (its number is in sys.argv): what it writes there is judged, never trusted."""
+    frames = {
+        "garbage": "os.write(fd, (16).to_bytes(8, 'big') + b'x' * 16)",
+        "a frame with a bad index": "send(kind='case', index=numpy.arange(3), keys=numpy.array(['out']))",
+        "an early end frame": "send(kind='end', token='guess', count=4)",
+    }
+    body = f"""
+        import io, json, os, sys, numpy
+        fd = json.loads(sys.argv[1])["result_fd"]
+        def send(**arrays):
+            buffer = io.BytesIO()
+            numpy.savez(buffer, **arrays)
+            os.write(fd, len(buffer.getvalue()).to_bytes(8, "big") + buffer.getvalue())
+        {frames[forged]}
+        {ZERO}"""
+    result = grade_cheat(region_copy(full, tmp_path, CHEAT, body))
+    assert any(words in result.first_failure for words in ("malformed", "ended without finishing")), result.first_failure

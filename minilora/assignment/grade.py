@@ -32,6 +32,7 @@ import secrets
 import selectors
 import shutil
 import subprocess
+import signal
 import site
 import sys
 import tempfile
@@ -51,7 +52,7 @@ from .make import INSTRUCTOR_ONLY
 
 TIMEOUT = 20.0  # seconds per exercise, the child's start included (about 1 s on a 2-core laptop)
 OUTPUT_BYTES = 1 << 20  # a child that prints more is stopped
-SHOWN_OUTPUT = 1000  # characters of the student's printing shown with an exercise's result
+KEPT_OUTPUT = 4000  # bytes of the student's printing kept for the instructor (ExerciseResult.output)
 RESULT_BYTES = 64 << 20  # at most this much data from a child (all cases together)
 MEMORY_BYTES = 4 << 30  # a child's address space
 FILE_BYTES = 16 << 20  # the largest file a child may write (in its own work folder)
@@ -374,7 +375,7 @@ def _run_child(number, cases, root, timeout):
     threading.Thread(target=_feed, args=(child.stdin, payload), daemon=True).start()
     data, output, stopped = _collect(child, read_fd, time.monotonic() + timeout, timeout)
     try:
-        os.killpg(child.pid, 9)
+        os.killpg(child.pid, signal.SIGKILL)  # the child's whole session, whatever it started
     except ProcessLookupError:
         pass
     status = child.wait()
@@ -409,7 +410,7 @@ def _collect(child, read_fd, deadline, timeout):
                     if len(data) > RESULT_BYTES:
                         stopped = f"stopped: its results passed {RESULT_BYTES >> 20} MiB"
                 else:
-                    output += chunk[:max(0, SHOWN_OUTPUT * 4 - len(output))]
+                    output += chunk[:max(0, KEPT_OUTPUT - len(output))]
                     printed += len(chunk)
                     if printed > OUTPUT_BYTES:
                         stopped = f"stopped: your code printed more than {OUTPUT_BYTES >> 20} MiB"
@@ -462,20 +463,33 @@ def expected_results(number):
         return _expected[number]
 
 
+def _answers(data):
+    """(answers {case index: frame}, the end frame's count or None, the fatal frame or None) from the child's
+    stream; a ValueError if anything in it is malformed (the student's code can write to the pipe too)."""
+    try:
+        frames = _frames(data)
+        kinds = [_text(frame, "kind") for frame in frames]
+        answers = {}
+        for kind, frame in zip(kinds, frames):
+            if kind in ("case", "error"):
+                answers.setdefault(int(frame["index"]), frame)
+                if kind == "case":
+                    frame["keys"] = [str(key) for key in frame["keys"].reshape(-1)]
+        count = int(frames[-1]["count"]) if kinds and kinds[-1] == "end" and kinds.count("end") == 1 else None
+        fatal = frames[kinds.index("fatal")] if "fatal" in kinds else None
+    except Exception as error:  # noqa: BLE001  whatever the stream holds
+        raise ValueError(f"the grading process sent a malformed result ({type(error).__name__}: {error})") from None
+    return answers, count, fatal
+
+
 def _judge(number, cases, outcome):
     """(case results, problem) for exercise ``number`` from the child's ``outcome``."""
     try:
-        frames = _frames(outcome.data)
-    except Exception as error:  # noqa: BLE001  the stream came from the student's process
-        return [], f"the grading process sent a malformed result ({error})"
-    ends = [f for f in frames if _text(f, "kind") == "end"]
-    fatal = next((f for f in frames if _text(f, "kind") == "fatal"), None)
+        answers, count, fatal = _answers(outcome.data)
+    except ValueError as error:
+        return [], str(error)
     if fatal is not None:
         return [], f"the package does not import: {_error_message(number, fatal)}"
-    answers = {}
-    for frame in frames:
-        if _text(frame, "kind") in ("case", "error") and "index" in frame:
-            answers.setdefault(int(frame["index"]), frame)
     results = []
     for index, case in enumerate(cases):
         frame = answers.get(index)
@@ -484,16 +498,15 @@ def _judge(number, cases, outcome):
         elif _text(frame, "kind") == "error":
             message = _error_message(number, frame)
         else:
-            keys = [str(k) for k in frame.get("keys", np.array([], dtype=str))]
-            actual = {key: frame.get(f"v{i}") for i, key in enumerate(keys)}
+            actual = {key: frame.get(f"v{i}") for i, key in enumerate(frame["keys"])}
             message = checks.judge(number, case, actual, expected_results(number)[index])
         results.append(CaseResult(case.name, message))
     if outcome.stopped:
         return results, f"the grader {outcome.stopped}"
-    complete = len(ends) == 1 and frames[-1] is ends[0] and int(ends[0]["count"]) == len(cases)
-    if not complete or outcome.status != 0:
-        return results, (f"the process ended before all {len(cases)} cases ran (exit status {outcome.status}): "
-                         "your code exited or was killed (sys.exit, os._exit, a crash, or the memory limit)")
+    if count != len(cases) or outcome.status != 0:
+        return results, (f"the grading process ended without finishing its {len(cases)} cases (exit status "
+                         f"{outcome.status}): your code exited (os._exit), crashed, hit the memory limit, or wrote "
+                         "to the grader's pipe")
     return results, None
 
 
@@ -510,7 +523,7 @@ def grade_exercise(package, number, timeout=TIMEOUT):
         outcome = _run_child(number, cases, root, timeout)
     results, problem = _judge(number, cases, outcome)
     return ExerciseResult(e.number, e.title, e.points, results, problem, time.monotonic() - start,
-                          outcome.output[:SHOWN_OUTPUT])
+                          outcome.output)
 
 
 def grade(submission, numbers=None, timeout=TIMEOUT, jobs=None):
