@@ -532,7 +532,7 @@ def grade(submission, numbers=None, timeout=TIMEOUT, jobs=None):
     numbers: which exercises (default: all). jobs: how many children run at a time (default: the CPU count).
     """
     numbers = tuple(numbers) if numbers else tuple(e.number for e in EXERCISES)
-    jobs = jobs or len(os.sched_getaffinity(0))
+    jobs = jobs or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="minilora-submission-") as scratch:
         package = open_submission(submission, Path(scratch))
         with ThreadPoolExecutor(max_workers=jobs) as pool:

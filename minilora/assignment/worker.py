@@ -101,7 +101,8 @@ def _limit(memory_bytes, cpu_seconds, file_bytes):
                          (resource.RLIMIT_FSIZE, file_bytes), (resource.RLIMIT_CORE, 0)):
         hard = resource.getrlimit(limit)[1]
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)  # a limit can only go down
-        resource.setrlimit(limit, (value, value))
+        with contextlib.suppress(ValueError, OSError):  # macOS refuses some (RLIMIT_AS): the time limit still holds
+            resource.setrlimit(limit, (value, value))
 
 
 def _send(fd, **arrays):
