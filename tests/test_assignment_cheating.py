@@ -161,6 +161,11 @@ CHEATS = {
     "subprocess": f"import subprocess\nsubprocess.run(['cat', {str(SOLUTION_FILE)!r}])\n{ZERO}",
     "os-system": f"import os\nos.system('cat {SOLUTION_FILE}')\n{ZERO}",
     "ctypes": f"import ctypes\n{ZERO}",
+    "fork": f"import os\nif os.fork() == 0:\n    os._exit(0)\n{ZERO}",
+    "exec": f"import os\nos.execv('/bin/cat', ['cat', {str(SOLUTION_FILE)!r}])\n",
+    "signal-the-grader": f"import os\nos.kill(os.getppid(), 0)\n{ZERO}",  # signal 0 only asks; the hook refuses any
+    "socket": f"import socket\nsocket.socket()\n{ZERO}",
+    "symlink": f"import os\nos.symlink({str(SOLUTION_FILE)!r}, 'solution.py')\n{ZERO}",
 }
 
 
@@ -171,7 +176,7 @@ def test_the_solution_cheats_would_work_without_the_sandbox():
 
 
 @pytest.mark.parametrize("name", CHEATS)
-def test_using_the_instructors_solution_is_refused(full, tmp_path, name):
+def test_reaching_the_instructors_solution_or_the_system_is_refused(full, tmp_path, name):
     result = grade_cheat(region_copy(full, tmp_path, CHEAT, CHEATS[name]))
     assert "PermissionError" in result.first_failure or "ImportError" in result.first_failure, result.first_failure
 
