@@ -40,6 +40,7 @@ ROBUSTNESS = {
     "missing-module": ("import no_such_module_for_grading\n" + ZERO, "ModuleNotFoundError: No module named"),
     "syntax-error": ("return dy *\n", "the package does not import: your code raised SyntaxError"),
     "a-little-printing": ("print('debugging')\n" + ZERO, "is wrong"),
+    "memory-bomb": ("import numpy\nhuge = numpy.ones(1 << 31)\n" + ZERO, "your code raised MemoryError"),
     "writes-a-file": ("open('scratch.txt', 'w').write('fine')\n" + ZERO, "is wrong"),
 }
 
@@ -181,7 +182,8 @@ def test_a_machine_with_lower_limits_still_grades(copies):
     """The child lowers its limits to the grader's own where those are lower (it cannot raise them)."""
     import resource
 
-    limit = 3 << 30  # below the child's MEMORY_BYTES
+    limit = 768 << 20  # below the child's MEMORY_BYTES
+    assert limit < grading.MEMORY_BYTES
     done = subprocess.run(
         [sys.executable, "-c", "import sys; from minilora.cli import main; sys.exit(main(sys.argv[1:]))",
          "assignment", "grade", str(copies[1]), "--exercises", "5"],
