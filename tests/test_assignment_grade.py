@@ -152,6 +152,15 @@ def test_a_bad_submission_path_is_one_line_and_status_2(tmp_path, target, messag
     assert done.stderr.strip().count("\n") == 0 and message in done.stderr
 
 
+def test_an_ungradable_submission_still_gets_a_results_file(tmp_path):
+    """On Gradescope the student sees why: a results.json that scores 0 and says what is wrong."""
+    (tmp_path / "empty").mkdir()
+    done = cli(tmp_path / "empty", "--json", tmp_path / "results.json", "--exercises", "5-6")
+    assert done.returncode == 2
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["score"] == 0 and written["max_score"] == 3 and "holds no minilora/ package" in written["output"]
+
+
 def test_bad_exercise_numbers_are_a_usage_error(copies):
     done = cli(copies[1], "--exercises", "99")
     assert done.returncode == 2 and "there is no exercise 99" in done.stderr

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cli_options import CommandError, positive_float
+from ..io import save_json
 from . import checks
 from .exercises import BEGIN, END, EXERCISES, Region, exercise, find_regions, package_root, parse_numbers, solution_files
 from .make import INSTRUCTOR_ONLY
@@ -585,19 +586,28 @@ def register(actions, add_subparser):
 
 
 def run_grade(args):
-    from ..io import save_json
-
     try:
         numbers = parse_numbers(args.exercises) if args.exercises else None
     except ValueError as error:
         raise GradeError(str(error)) from error
     start = time.monotonic()
-    results = grade(args.submission, numbers, args.timeout)
+    try:
+        results = grade(args.submission, numbers, args.timeout)
+    except GradeError as error:  # the student still sees why, on Gradescope, in a results.json that scores 0
+        if args.json:
+            most = sum(e.points for e in EXERCISES if numbers is None or e.number in numbers)
+            _write_json(args.json, {"score": 0, "max_score": most, "output": f"Not graded: {error}",
+                                               "visibility": "visible", "tests": []})
+        raise
     seconds = time.monotonic() - start
     print(table(results))
     print(f"graded in {seconds:.1f} s")
     if args.json:
-        try:
-            save_json(args.json, results_json(results, seconds))
-        except OSError as error:
-            raise GradeError(f"--json {args.json}: cannot write it ({error.strerror})") from error
+        _write_json(args.json, results_json(results, seconds))
+
+
+def _write_json(path, results):
+    try:
+        save_json(path, results)
+    except OSError as error:
+        raise GradeError(f"--json {path}: cannot write it ({error.strerror})") from error
