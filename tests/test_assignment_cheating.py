@@ -161,6 +161,11 @@ CHEATS = {
     "subprocess": f"import subprocess\nsubprocess.run(['cat', {str(SOLUTION_FILE)!r}])\n{ZERO}",
     "os-system": f"import os\nos.system('cat {SOLUTION_FILE}')\n{ZERO}",
     "ctypes": f"import ctypes\n{ZERO}",
+    "pathlib-read": f"import pathlib\nprint(pathlib.Path({str(SOLUTION_FILE)!r}).read_text())\n{ZERO}",
+    "open-a-path": f"import os, pathlib\nos.open(pathlib.Path({str(SOLUTION_FILE)!r}), os.O_RDONLY)\n{ZERO}",
+    "numpy-fromfile": f"import numpy\nprint(numpy.fromfile({str(SOLUTION_FILE)!r}, dtype=numpy.uint8).tobytes())\n{ZERO}",
+    "numpy-memmap": f"import numpy\nprint(numpy.memmap({str(SOLUTION_FILE)!r}, dtype=numpy.uint8, mode='r').tobytes())\n{ZERO}",
+    "sqlite": f"import sqlite3\nsqlite3.connect({str(SOLUTION_FILE)!r}).execute('select 1')\n{ZERO}",
     "fork": f"import os\nif os.fork() == 0:\n    os._exit(0)\n{ZERO}",
     "exec": f"import os\nos.execv('/bin/cat', ['cat', {str(SOLUTION_FILE)!r}])\n",
     "signal-the-grader": f"import os\nos.kill(os.getppid(), 0)\n{ZERO}",  # signal 0 only asks; the hook refuses any
