@@ -77,8 +77,11 @@ def test_patching_the_checks_in_process_changes_nothing(full, tmp_path):
         checks.judge = lambda *args, **kwargs: None
         judging.compare = judging.numeric_message = lambda *args, **kwargs: None
         numpy.allclose = lambda *args, **kwargs: True
-        import hypothesis
-        hypothesis.given = hypothesis.settings = None
+        try:
+            import hypothesis  # it imports subprocess, which the child refuses
+            hypothesis.given = hypothesis.settings = None
+        except ImportError as error:
+            print("refused:", error)
         {ZERO}"""
     result = grade_cheat(region_copy(full, tmp_path, CHEAT, body))
     assert "is wrong" in result.first_failure
@@ -163,6 +166,12 @@ CHEATS = {
     "ctypes": f"import ctypes\n{ZERO}",
     "pathlib-read": f"import pathlib\nprint(pathlib.Path({str(SOLUTION_FILE)!r}).read_text())\n{ZERO}",
     "open-a-path": f"import os, pathlib\nos.open(pathlib.Path({str(SOLUTION_FILE)!r}), os.O_RDONLY)\n{ZERO}",
+    "readline-history": (f"import readline\nreadline.read_history_file({str(SOLUTION_FILE)!r})\n"
+                         f"print(readline.get_history_item(1))\n{ZERO}"),
+    "subinterpreter": ("import _xxsubinterpreters as interpreters\n"
+                       f"interpreters.run_string(interpreters.create(), \"print(open({str(SOLUTION_FILE)!r}).read())\")\n"
+                       f"{ZERO}"),
+    "posixsubprocess": f"import _posixsubprocess\n{ZERO}",
     "numpy-fromfile": f"import numpy\nprint(numpy.fromfile({str(SOLUTION_FILE)!r}, dtype=numpy.uint8).tobytes())\n{ZERO}",
     "numpy-memmap": f"import numpy\nprint(numpy.memmap({str(SOLUTION_FILE)!r}, dtype=numpy.uint8, mode='r').tobytes())\n{ZERO}",
     "sqlite": f"import sqlite3\nsqlite3.connect({str(SOLUTION_FILE)!r}).execute('select 1')\n{ZERO}",

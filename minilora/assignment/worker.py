@@ -36,7 +36,13 @@ _BLOCKED_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.spawn", "os.p
                    "os.startfile", "os.kill", "os.killpg", "signal.pthread_kill", "os.symlink", "os.link",
                    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames", "pty.spawn")
 _BLOCKED_PREFIXES = ("ctypes.", "socket.", "_posixsubprocess.")
-_BLOCKED_IMPORTS = ("ctypes", "_ctypes", "cffi", "_cffi_backend")
+# C modules that reach files, processes or memory without an audit event of their own (readline reads any file
+# into its history, _posixsubprocess forks, a subinterpreter has no audit hook): none of them is needed.
+_BLOCKED_IMPORTS = frozenset((
+    "ctypes", "_ctypes", "_ctypes_test", "cffi", "_cffi_backend", "readline", "_sqlite3", "_dbm", "_gdbm", "_tkinter",
+    "_curses", "_curses_panel", "_posixsubprocess", "_xxsubinterpreters", "_xxinterpchannels", "_interpreters",
+    "_interpchannels", "_interpqueues", "_testcapi", "_testinternalcapi", "_testbuffer", "_testclinic",
+    "_testmultiphase", "_testsinglephase", "_testimportmultiple", "_xxtestfuzz"))
 _WRITE_EVENTS = ("os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown", "os.truncate", "os.utime",
                  "shutil.rmtree", "shutil.move", "shutil.copyfile", "shutil.copytree", "os.chflags", "os.setxattr",
                  "os.removexattr", "sqlite3.connect")  # sqlite opens (and may create) its file in C
@@ -88,7 +94,7 @@ def _install_guard(readable_roots, packages, writable):
                     raise PermissionError(f"the grader does not allow {event} on {path}: write only in the current folder")
         elif event == "import":
             name, _, path, meta_path = args[:4]
-            if name.split(".")[0] in _BLOCKED_IMPORTS:
+            if name in _BLOCKED_IMPORTS or name.split(".")[0] in _BLOCKED_IMPORTS:
                 raise ImportError(f"the grader does not allow importing {name}")
             if any(type(finder).__module__.startswith("__editable__") for finder in meta_path or ()):
                 raise PermissionError("the grader does not allow the editable install's finder")
