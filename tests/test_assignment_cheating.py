@@ -6,8 +6,10 @@ exercise 7 is graded beside it and must pass. Where a cheat would work without t
 defences (reading or importing the instructor's files), the test shows that first, in this process.
 """
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,24 @@ def test_forging_frames_on_the_result_pipe_scores_nothing(full, tmp_path, forged
         {ZERO}"""
     result = grade_cheat(region_copy(full, tmp_path, CHEAT, body))
     assert any(words in result.first_failure for words in ("malformed", "ended without finishing")), result.first_failure
+
+
+def test_a_c_extension_cannot_be_brought_in(full, tmp_path):
+    """Native code would get around the audit hook: a .so in the submission is not copied, and one written at run
+    time (here a copy of a standard one) is not loaded."""
+    import _bisect
+
+    extension = Path(_bisect.__file__)
+    copy = region_copy(full, tmp_path, CHEAT, f"""
+        import importlib.machinery, importlib.util, shutil
+        shutil.copyfile({str(extension)!r}, "native.so")
+        spec = importlib.util.spec_from_file_location(
+            "_bisect", "native.so", loader=importlib.machinery.ExtensionFileLoader("_bisect", "native.so"))
+        importlib.util.module_from_spec(spec)
+        {ZERO}""")
+    shutil.copyfile(extension, copy / "minilora" / extension.name)
+    result = grade_cheat(copy)
+    assert "does not allow loading the C extension" in result.first_failure, result.first_failure
+    with tempfile.TemporaryDirectory() as scratch:
+        package = grading.open_submission(copy, Path(scratch))
+        assert not list(package.rglob("*.so")) and (package / "functional" / "elementwise.py").exists()

@@ -116,8 +116,8 @@ class ExerciseResult:
 def open_submission(path, scratch):
     """Copy the submission's ``minilora/`` package (from a folder or a .zip) into ``scratch``; its Path there.
 
-    Only regular files are copied (no links, no bytecode), so that the submission can neither point at the
-    instructor's files nor change while it is graded. A GradeError says what is wrong with ``path``.
+    Only regular .py files are copied (no links, no bytecode, no C extension), so that the submission can
+    neither point at the instructor's files, nor bring native code, nor change while it is graded. A GradeError says what is wrong with ``path``.
     """
     path = Path(path)
     if not path.exists():
@@ -178,7 +178,7 @@ def _copy_files(source, target):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not os.path.islink(os.path.join(folder, d)))
         for name in files:
             path = Path(folder, name)
-            if path.is_symlink() or not path.is_file() or path.suffix in (".pyc", ".pyo"):
+            if path.is_symlink() or not path.is_file() or path.suffix != ".py":  # no bytecode, no C extension
                 continue
             count, size = count + 1, size + path.stat().st_size
             if count > SUBMISSION_FILES or size > SUBMISSION_BYTES:
@@ -362,7 +362,7 @@ def _run_child(number, cases, root, timeout):
     # The child reads only its own folder and Python: not the instructor's files, a wheel of them, the other
     # children's hybrids (which hold the instructor's code of this exercise), or other submissions.
     config = {"sys_path": [os.path.realpath(root)] + _python_paths(), "package_root": os.path.realpath(root),
-              "result_fd": write_fd, "readable": [os.path.realpath(root)] + _python_paths(),
+              "result_fd": write_fd, "python_paths": _python_paths(),
               "packages": _instructor_packages(),
               "work": os.path.realpath(work), "memory_bytes": MEMORY_BYTES, "cpu_seconds": int(timeout) + 2,
               "file_bytes": FILE_BYTES}

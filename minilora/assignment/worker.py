@@ -44,17 +44,20 @@ _BLOCKED_IMPORTS = frozenset((
     "_interpchannels", "_interpqueues", "_testcapi", "_testinternalcapi", "_testbuffer", "_testclinic",
     "_testmultiphase", "_testsinglephase", "_testimportmultiple", "_xxtestfuzz"))
 _WRITE_EVENTS = ("os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown", "os.truncate", "os.utime",
-                 "shutil.rmtree", "shutil.move", "shutil.copyfile", "shutil.copytree", "os.chflags", "os.setxattr",
+                 "shutil.rmtree", "shutil.move", "os.chflags", "os.setxattr",
                  "os.removexattr", "sqlite3.connect")  # sqlite opens (and may create) its file in C
+_COPY_EVENTS = ("shutil.copyfile", "shutil.copytree")  # (source: read, destination: written)
 _DEVICES = ("/dev/null", "/dev/urandom", "/dev/random", "/dev/zero")  # readable too
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 MESSAGE_CHARS = 300  # an exception's message is cut to this many characters
 
 
-def _install_guard(readable_roots, packages, writable):
-    """Add the audit hook. readable_roots: the only folders the child may read (its own, the Python installation);
-    packages: the instructor's minilora folders, never readable even inside those; writable: the child's work folder."""
-    roots, packages = tuple(readable_roots) + _DEVICES + (f"/proc/{os.getpid()}",), tuple(packages)
+def _install_guard(own_root, python_paths, packages, writable):
+    """Add the audit hook. The child may read only ``own_root`` (the hybrid and its work folder) and
+    ``python_paths`` (the Python installation), never ``packages`` (the instructor's minilora folders) even
+    there; it may load C extensions only from ``python_paths``, and write only in ``writable``."""
+    python_paths, packages = tuple(python_paths), tuple(packages)
+    roots = (own_root,) + python_paths + _DEVICES + (f"/proc/{os.getpid()}",)
     realpath, sep = os.path.realpath, os.sep
 
     def under(path, folder):
@@ -86,6 +89,9 @@ def _install_guard(readable_roots, packages, writable):
         elif event in ("os.listdir", "os.scandir"):
             if not readable(resolve(args[0] if args and args[0] is not None else ".")):
                 raise PermissionError(f"the grader does not allow listing {args[0]}")
+        elif event in _COPY_EVENTS:
+            hook("open", (args[0], "r", 0))
+            hook("open", (args[1], "w", 0))
         elif event in _WRITE_EVENTS:
             for path in args:
                 if path in (":memory:", "", b":memory:", b""):
@@ -93,9 +99,11 @@ def _install_guard(readable_roots, packages, writable):
                 if isinstance(path, (str, bytes, os.PathLike)) and not under(resolve(path), writable):
                     raise PermissionError(f"the grader does not allow {event} on {path}: write only in the current folder")
         elif event == "import":
-            name, _, path, meta_path = args[:4]
+            name, filename, path, meta_path = args[:4]
             if name in _BLOCKED_IMPORTS or name.split(".")[0] in _BLOCKED_IMPORTS:
                 raise ImportError(f"the grader does not allow importing {name}")
+            if filename is not None and not any(under(resolve(filename), p) for p in python_paths):
+                raise PermissionError(f"the grader does not allow loading the C extension {filename}")
             if any(type(finder).__module__.startswith("__editable__") for finder in meta_path or ()):
                 raise PermissionError("the grader does not allow the editable install's finder")
             for entry in path or ():
@@ -172,7 +180,7 @@ def main():
     payload = sys.stdin.buffer.read()
     sys.stdin.close()
     _limit(config["memory_bytes"], config["cpu_seconds"], config["file_bytes"])
-    _install_guard(config["readable"], config["packages"], config["work"])
+    _install_guard(config["package_root"], config["python_paths"], config["packages"], config["work"])
     import pickle
     __import__("zipfile")  # np.savez imports it: now, before the student's code can break imports
 
