@@ -38,11 +38,13 @@ def subspace_similarity(A1, A2):
     U1, U2 = right_singular_vectors(A1), right_singular_vectors(A2)
     if U1.shape[0] != U2.shape[0]:
         raise ValueError(f"subspace_similarity: A1 {np.shape(A1)} and A2 {np.shape(A2)} need the same input size k (r, k)")
+    # BEGIN SOLUTION 23 "Subspace similarity"
     overlap = (U1.T @ U2) ** 2  # (r1, r2): squared cosines between single directions
     cumulative = overlap.cumsum(axis=0).cumsum(axis=1)  # [i-1, j-1] = ‖U1_iᵀ U2_j‖_F²
     i = np.arange(1, U1.shape[1] + 1)[:, None]
     j = np.arange(1, U2.shape[1] + 1)[None, :]
     return cumulative / np.minimum(i, j)
+    # END SOLUTION 23
 
 
 def phi(A1, A2, i, j):

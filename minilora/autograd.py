@@ -105,6 +105,7 @@ def unbroadcast(grad, shape):
     Broadcasting copies an input along new leading axes and along axes of size
     1, so its gradient is the sum over those axes.
     """
+    # BEGIN SOLUTION 2 "unbroadcast"
     if grad.shape == tuple(shape):
         return grad
     extra = grad.ndim - len(shape)
@@ -114,6 +115,7 @@ def unbroadcast(grad, shape):
     if stretched:
         grad = grad.sum(axis=stretched, keepdims=True)
     return grad
+    # END SOLUTION 2
 
 
 class Function:
@@ -332,6 +334,7 @@ class Tensor:
             if grad.shape != self.data.shape:
                 raise ValueError(f"backward(): grad has shape {grad.shape}, the tensor has {self.shape}")
 
+        # BEGIN SOLUTION 3 "The backward loop"
         grads = {id(self): grad}
         for node in reversed(_topological_order(self)):
             g = grads.pop(id(node), None)
@@ -361,10 +364,12 @@ class Tensor:
                 node._fn = node._ctx = None
                 node._parents = ()
                 node._freed = True
+        # END SOLUTION 3
 
 
 def _topological_order(root):
     """Tensors reachable from ``root``, each after all of its inputs (iterative DFS, no recursion limit)."""
+    # BEGIN SOLUTION 1 "Topological order"
     order, visited = [], set()
     stack = [(root, False)]
     while stack:
@@ -380,6 +385,7 @@ def _topological_order(root):
             if parent is not None and parent.requires_grad and id(parent) not in visited:
                 stack.append((parent, False))
     return order
+    # END SOLUTION 1
 
 
 from . import functional as F  # noqa: E402  last: the ops are Functions built on the classes above

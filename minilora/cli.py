@@ -299,6 +299,16 @@ def _register_paper(subparsers):
     p.set_defaults(run=run_paper)
 
 
+# ---- assignment -------------------------------------------------------------------------------
+@command
+def _register_assignment(subparsers):
+    from .assignment.cli import DESCRIPTION, add_assignment_actions
+
+    p = add_subparser(subparsers, "assignment", help="classroom exercises: make a student copy, check, grade",
+                      description=DESCRIPTION)
+    add_assignment_actions(p, add_subparser)
+
+
 # ---- entry point -------------------------------------------------------------------------------
 def build_parser():
     parser = ArgumentParser(

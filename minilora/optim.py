@@ -123,6 +123,7 @@ class SGD(Optimizer):
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay, "nesterov": self.nesterov}
 
     def step(self):
+        # BEGIN SOLUTION 17 "SGD with momentum"
         for i, p in self._params_with_grad():
             g = p.grad
             if self.weight_decay:
@@ -138,6 +139,7 @@ class SGD(Optimizer):
                 b = state["momentum_buffer"]
                 g = g + self.momentum * b if self.nesterov else b  # look ahead along b, or follow b
             p.data -= self.lr * g  # p = p - lr g
+        # END SOLUTION 17
 
 
 class AdamW(Optimizer):
@@ -181,6 +183,7 @@ class AdamW(Optimizer):
 
 def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
     """AdamW's step t (from 1) on arrays, in place: parameter p, its gradient g, the moments m and v (all one shape)."""
+    # BEGIN SOLUTION 18 "AdamW"
     xp = backend.array_module(p)
     p -= lr * weight_decay * p  # decoupled weight decay: shrink the weight itself, not the gradient
     m[...] = beta1 * m + (1 - beta1) * g  # first moment: a running mean of g
@@ -189,6 +192,7 @@ def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
     m_hat = m / (1 - beta1 ** t)
     sqrt_v_hat = xp.sqrt(v) / math.sqrt(1 - beta2 ** t)
     p -= lr * m_hat / (sqrt_v_hat + eps)
+    # END SOLUTION 18
 
 
 def warmup_cosine(step, warmup_steps, total_steps, max_lr, min_lr=0.0):
@@ -222,6 +226,7 @@ def clip_grad_norm(params, max_norm):
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return np.zeros(())
+    # BEGIN SOLUTION 19 "Gradient clipping"
     xp = backend.array_module(grads[0])
     norms = xp.stack([xp.linalg.norm(g.reshape(-1)) for g in grads])  # (number of parameters,)
     total = xp.linalg.norm(norms)
@@ -229,3 +234,4 @@ def clip_grad_norm(params, max_norm):
     for g in grads:
         g *= scale.astype(g.dtype)
     return total
+    # END SOLUTION 19

@@ -14,7 +14,9 @@ from .softmax import log_softmax_forward, softmax_backward
 
 def causal_mask(xp, T, S):
     """(T, S) boolean: query t, at position S - T + t, may see keys 0 .. S - T + t (itself and the past)."""
+    # BEGIN SOLUTION 16 "Attention with the causal mask"
     return xp.tril(xp.ones((T, S), dtype=bool), k=S - T)
+    # END SOLUTION 16
 
 
 class ScaledDotProductAttention(Function):
@@ -45,6 +47,7 @@ class ScaledDotProductAttention(Function):
 
     @staticmethod
     def backward(ctx, dout):
+        # BEGIN SOLUTION 16 "Attention with the causal mask"
         q, k, v, probs, scale = ctx.q, ctx.k, ctx.v, ctx.probs, ctx.scale
         # 4. out = P v  =>  dP = dout v^T, dv = P^T dout
         dprobs = dout @ v.swapaxes(-1, -2)  # (B, H, T, S)
@@ -56,6 +59,7 @@ class ScaledDotProductAttention(Function):
         dq = scale * (dscores @ k)  # (B, H, T, D)
         dk = scale * (dscores.swapaxes(-1, -2) @ q)  # (B, H, S, D)
         return dq, dk, dv, None, None, None
+        # END SOLUTION 16
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):

@@ -40,7 +40,9 @@ class Add(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = a + b  =>  da = dy, db = dy
+        # BEGIN SOLUTION 5 "Add, Sub and Neg backward"
         return dy, dy
+        # END SOLUTION 5
 
 
 class Sub(Function):
@@ -53,7 +55,9 @@ class Sub(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = a - b  =>  da = dy, db = -dy
+        # BEGIN SOLUTION 5 "Add, Sub and Neg backward"
         return dy, -dy
+        # END SOLUTION 5
 
 
 class Mul(Function):
@@ -67,9 +71,11 @@ class Mul(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = a b  =>  da = b dy, db = a dy
+        # BEGIN SOLUTION 6 "Mul and Div backward"
         da = dy * ctx.b if ctx.needs_input_grad[0] else None
         db = dy * ctx.a if ctx.needs_input_grad[1] else None
         return da, db
+        # END SOLUTION 6
 
 
 class Div(Function):
@@ -83,9 +89,11 @@ class Div(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = a / b  =>  da = dy / b, db = -a dy / b^2
+        # BEGIN SOLUTION 6 "Mul and Div backward"
         da = dy / ctx.b if ctx.needs_input_grad[0] else None
         db = -ctx.a * dy / (ctx.b * ctx.b) if ctx.needs_input_grad[1] else None
         return da, db
+        # END SOLUTION 6
 
 
 class Neg(Function):
@@ -97,7 +105,9 @@ class Neg(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = -x  =>  dx = -dy
+        # BEGIN SOLUTION 5 "Add, Sub and Neg backward"
         return -dy
+        # END SOLUTION 5
 
 
 class Pow(Function):
@@ -127,7 +137,9 @@ class Exp(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = e^x  =>  dx = y dy
+        # BEGIN SOLUTION 7 "Exp, Log, Tanh and Sigmoid backward"
         return ctx.y * dy
+        # END SOLUTION 7
 
 
 class Log(Function):
@@ -140,7 +152,9 @@ class Log(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = ln x  =>  dx = dy / x
+        # BEGIN SOLUTION 7 "Exp, Log, Tanh and Sigmoid backward"
         return dy / ctx.x
+        # END SOLUTION 7
 
 
 class Sqrt(Function):
@@ -168,7 +182,9 @@ class Tanh(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = tanh x  =>  dx = (1 - y^2) dy
+        # BEGIN SOLUTION 7 "Exp, Log, Tanh and Sigmoid backward"
         return (1 - ctx.y * ctx.y) * dy
+        # END SOLUTION 7
 
 
 def _sigmoid(x):
@@ -188,7 +204,9 @@ class Sigmoid(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = s(x)  =>  dx = y (1 - y) dy
+        # BEGIN SOLUTION 7 "Exp, Log, Tanh and Sigmoid backward"
         return ctx.y * (1 - ctx.y) * dy
+        # END SOLUTION 7
 
 
 class ReLU(Function):

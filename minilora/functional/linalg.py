@@ -36,6 +36,7 @@ class MatMul(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = a @ b  =>  da = dy @ b^T, db = a^T @ dy
+        # BEGIN SOLUTION 8 "MatMul backward"
         a, b = ctx.a, ctx.b
         # Treat vectors as matrices (1-d a is a row, 1-d b a column) so one formula serves all,
         # and give the gradient back the axes that the vector product dropped.
@@ -51,6 +52,7 @@ class MatMul(Function):
             db = a2.swapaxes(-1, -2) @ dy2  # (..., k, m)
             db = db[..., 0] if b.ndim == 1 else db
         return da, db
+        # END SOLUTION 8
 
 
 class Linear(Function):
@@ -71,6 +73,7 @@ class Linear(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = x W^T + b  =>  dx = dy W, dW = dy^T x, db = sum over rows of dy
+        # BEGIN SOLUTION 9 "Linear backward"
         x, weight = ctx.x, ctx.weight
         dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
@@ -78,6 +81,7 @@ class Linear(Function):
         dweight = dy2.T @ x2 if ctx.needs_input_grad[1] else None  # (out, in)
         dbias = dy2.sum(0) if ctx.needs_input_grad[2] else None  # (out,)
         return dx, dweight, dbias
+        # END SOLUTION 9
 
 
 def matmul(a, b):

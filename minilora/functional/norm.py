@@ -30,6 +30,7 @@ class LayerNorm(Function):
 
     @staticmethod
     def backward(ctx, dy):
+        # BEGIN SOLUTION 15 "LayerNorm backward"
         xhat, rstd, weight = ctx.xhat, ctx.rstd, ctx.weight
         rows = tuple(range(dy.ndim - 1))  # every axis but the last
         # 3. y = xhat w + b  =>  dw = sum dy xhat, db = sum dy, dxhat = dy w
@@ -41,6 +42,7 @@ class LayerNorm(Function):
         # 2.-1. xhat = (x - mean) rstd  =>  dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
         dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
         return dx, dweight, dbias
+        # END SOLUTION 15
 
 
 class RMSNorm(Function):

@@ -37,8 +37,10 @@ class Sum(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = sum_i x_i  =>  dx_i = dy
+        # BEGIN SOLUTION 10 "Sum and Mean backward"
         xp = backend.array_module(dy)
         return xp.broadcast_to(_expand(dy, ctx.axes, ctx.keepdims), ctx.shape)
+        # END SOLUTION 10
 
 
 class Mean(Function):
@@ -55,8 +57,10 @@ class Mean(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = (1/n) sum_i x_i  =>  dx_i = dy / n
+        # BEGIN SOLUTION 10 "Sum and Mean backward"
         xp = backend.array_module(dy)
         return xp.broadcast_to(_expand(dy, ctx.axes, ctx.keepdims) / ctx.count, ctx.shape)
+        # END SOLUTION 10
 
 
 class Max(Function):
@@ -74,8 +78,10 @@ class Max(Function):
     @staticmethod
     def backward(ctx, dy):
         # y = max_i x_i  =>  dx_i = dy [x_i = y] / (number of ties), as torch.amax splits ties evenly
+        # BEGIN SOLUTION 11 "Max and Var backward"
         ties = ctx.is_max.sum(axis=ctx.axes, keepdims=True)
         return ctx.is_max * (_expand(dy, ctx.axes, ctx.keepdims) / ties)
+        # END SOLUTION 11
 
 
 class Var(Function):
@@ -94,7 +100,9 @@ class Var(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = sum (x - mean)^2 / (n - ddof)  =>  dx = 2 (x - mean) dy / (n - ddof)
+        # BEGIN SOLUTION 11 "Max and Var backward"
         return 2 * ctx.centered * _expand(dy, ctx.axes, ctx.keepdims) / ctx.divisor
+        # END SOLUTION 11
 
 
 def sum(x, axis=None, keepdims=False):

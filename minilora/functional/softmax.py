@@ -20,7 +20,9 @@ def log_softmax_forward(x, axis):
 
 def softmax_backward(y, dy, axis):
     """y = softmax(x) along ``axis``  =>  dx = y (dy - sum(dy y)) (docs/derivations.md#softmax-and-the-loss-functionalsoftmaxpy)."""
+    # BEGIN SOLUTION 13 "Softmax and log-softmax backward"
     return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+    # END SOLUTION 13
 
 
 class Softmax(Function):
@@ -50,8 +52,10 @@ class LogSoftmax(Function):
 
     @staticmethod
     def backward(ctx, dy):  # y = x - logsumexp(x)  =>  dx = dy - softmax(x) sum(dy)
+        # BEGIN SOLUTION 13 "Softmax and log-softmax backward"
         xp = backend.array_module(dy)
         return dy - xp.exp(ctx.y) * dy.sum(axis=ctx.axis, keepdims=True)
+        # END SOLUTION 13
 
 
 class CrossEntropy(Function):
@@ -83,6 +87,7 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx, dloss):
+        # BEGIN SOLUTION 14 "Cross-entropy backward"
         xp = backend.array_module(dloss)
         logp, t, keep = ctx.logp, ctx.t, ctx.keep
         # 3. loss = sum_n loss_n / count  =>  dloss_n = dloss / count; ignored rows get nothing
@@ -97,6 +102,7 @@ class CrossEntropy(Function):
         probs_minus_onehot[xp.arange(len(t)), t] -= 1
         dlogits = probs_minus_onehot * dlosses[:, None]  # (N, C)
         return dlogits.reshape(ctx.shape + (logp.shape[-1],)), None
+        # END SOLUTION 14
 
 
 def softmax(x, axis=-1):

@@ -30,6 +30,7 @@ class LoRALinearFunction(Function):
         x = x.reshape(-1, k)  # (N, k)
         mask = None if dropout_mask is None else dropout_mask.reshape(-1, k)  # (N, k)
         x_lora = x if mask is None else x * mask  # (N, k): what the low-rank path sees
+        # BEGIN SOLUTION 20 "lora_linear forward and backward"
         # 1. the frozen path
         h = x @ W0.T  # (N, d)
         # 2. the low-rank path: down to r, then up to d; z is kept for dB
@@ -38,12 +39,14 @@ class LoRALinearFunction(Function):
         # 3. the bias
         if b is not None:
             h += b
+        # END SOLUTION 20
         ctx.x, ctx.x_lora, ctx.z, ctx.W0, ctx.A, ctx.B = x, x_lora, z, W0, A, B
         ctx.scaling, ctx.mask, ctx.x_shape = scaling, mask, x_shape
         return h.reshape(x_shape[:-1] + (W0.shape[0],))  # (..., d)
 
     @staticmethod
     def backward(ctx, dh):
+        # BEGIN SOLUTION 20 "lora_linear forward and backward"
         need_x, need_W0, need_b, need_A, need_B = ctx.needs_input_grad[:5]
         s = ctx.scaling
         dh = dh.reshape(-1, dh.shape[-1])  # (N, d)
@@ -62,6 +65,7 @@ class LoRALinearFunction(Function):
                 dx_lora = dx_lora * ctx.mask  # x_lora = x * mask
             dx = (dh @ ctx.W0 + dx_lora).reshape(ctx.x_shape)  # both paths start at x
         return dx, dW0, db, dA, dB, None
+        # END SOLUTION 20
 
 
 def lora_linear(x, W0, b, A, B, scaling, dropout_mask=None):

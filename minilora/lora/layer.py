@@ -198,7 +198,9 @@ class LoRALinear(Module):
             return
         self._refuse_if_quantized("merge", "W0 + s B A would have to be re-quantized")
         w = self.base_layer.weight
+        # BEGIN SOLUTION 21 "Merge and unmerge"
         w.data = w.data + self.delta_weight(self.active_adapter)
+        # END SOLUTION 21
         self.merged_adapter = self.active_adapter
 
     def unmerge(self):
@@ -212,7 +214,9 @@ class LoRALinear(Module):
         if self.merged_adapter is None:
             return
         w = self.base_layer.weight
+        # BEGIN SOLUTION 21 "Merge and unmerge"
         w.data = w.data - self.delta_weight(self.merged_adapter)
+        # END SOLUTION 21
         self.merged_adapter = None
 
     # ---- forward ------------------------------------------------------------

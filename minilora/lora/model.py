@@ -22,6 +22,7 @@ def mark_only_lora_as_trainable(model, bias="none"):
     """Freeze everything except each layer's active A and B (and biases: "none", "all", or "lora_only")."""
     if bias not in ("none", "all", "lora_only"):
         raise ValueError(f"mark_only_lora_as_trainable: bias={bias!r} is not one of 'none', 'all', 'lora_only'.")
+    # BEGIN SOLUTION 22 "Trainable parameters"
     for name, p in model.named_parameters():
         p.requires_grad_(bias == "all" and name.split(".")[-1] == "bias")
     for _, layer in lora_layers(model):
@@ -30,16 +31,19 @@ def mark_only_lora_as_trainable(model, bias="none"):
             layer.lora_B[layer.active_adapter].requires_grad_(True)
         if bias == "lora_only" and layer.base_layer.bias is not None:
             layer.base_layer.bias.requires_grad_(True)
+    # END SOLUTION 22
     return model
 
 
 def count_parameters(model):
     """(trainable, total) numbers of parameter values. For LoRA on L̂ square d x d matrices: 2 L̂ d r trainable."""
+    # BEGIN SOLUTION 22 "Trainable parameters"
     trainable = total = 0
     for p in model.parameters():
         total += p.size
         trainable += p.size if p.requires_grad else 0
     return trainable, total
+    # END SOLUTION 22
 
 
 def _set_submodule(model, name, module):
