@@ -6,9 +6,16 @@
 Llama.from_gguf(path, quantized="q4_1") keeps the file's own Q4_1 blocks instead
 (models/llama_gguf.py), with no float round trip.
 """
-from ..lora.model import _set_submodule as replace_module  # keeps the module's place in its parent
 from ..nn import Linear, Parameter
 from .linear import QuantizedLinear, check_format
+
+
+def replace_module(model, name, module):
+    """Put ``module`` in the place of ``model``'s submodule ``name`` (as LoraModel does)."""
+    # Imported here: lora/layer.py imports this package, so lora/model.py may still be loading.
+    from ..lora.model import _set_submodule
+
+    _set_submodule(model, name, module)
 
 
 def quantize_base(model, format="nf4"):
