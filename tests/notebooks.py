@@ -2,7 +2,10 @@
 
 Each notebook runs in a fresh kernel (nbclient) in ``tutorials/``, with the inline matplotlib
 backend and ``MINILORA_TUTORIAL_LAB`` set to this session's own folder, so that lessons 7 and 8
-share their training runs with each other but never with an earlier session. The executed copies
+share their training runs with each other but never with an earlier session. The kernel's BLAS
+runs one thread (unless OPENBLAS_NUM_THREADS is set already): the notebooks' matrices are 64
+wide, too small for threads to pay, and on a busy 2-core machine OpenBLAS's waiting threads made
+lesson 5 take 294 s instead of about 30. The executed copies
 are written to ``folder() / "tutorials"``, where the site's build (docs/hooks.py) reads them.
 """
 import atexit
@@ -58,7 +61,8 @@ def execute(path):
 
     if path.name not in _runs:
         notebook = nbformat.read(path, as_version=4)
-        env = {"MINILORA_TUTORIAL_LAB": str(folder() / "lab"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+        env = {"MINILORA_TUTORIAL_LAB": str(folder() / "lab"), "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+               "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
         saved = {key: os.environ.get(key) for key in env}
         os.environ.update(env)  # the kernel is a subprocess: it starts with this environment
         try:
