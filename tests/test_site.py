@@ -14,7 +14,6 @@ import yaml
 
 from notebooks import NOTEBOOKS, ROOT, execute, figures, folder
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +45,7 @@ def page(site_dir, name):
     return path.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_home_and_guide(site):
     site_dir, _ = site
     assert "Where to start" in page(site_dir, "")
@@ -53,6 +53,7 @@ def test_home_and_guide(site):
         assert words in page(site_dir, name), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_tutorial_pages_embed_their_figures(site, path):
     site_dir, executed = site
@@ -61,23 +62,48 @@ def test_tutorial_pages_embed_their_figures(site, path):
     assert embedded >= executed[path.name] >= 1, f"{path.stem}: {embedded} images embedded, the notebook made {executed[path.name]}"
 
 
+@pytest.mark.slow
 def test_the_tutorials_page_links_each_lesson(site):
     html = page(site[0], "tutorials")
     for path in NOTEBOOKS:
         assert f'href="{path.stem}/"' in html, f"tutorials page does not link to {path.stem}"
 
 
+@pytest.mark.slow
 def test_api_reference_from_docstrings(site):
     html = page(site[0], "reference")
-    for name in ("minilora.lora.lora_linear", "minilora.functional.softmax", "minilora.nn.Linear", "minilora.optim.AdamW",
+    for name in ("minilora.lora.lora_linear", "minilora.functional.softmax.softmax", "minilora.functional.cross_entropy", "minilora.nn.Linear", "minilora.optim.AdamW",
                  "minilora.train.fit", "minilora.analysis.subspace_similarity", "minilora.gradcheck.gradcheck", "minilora.Tensor"):
         assert f'id="{name}"' in html, f"the API reference does not document {name}"
     assert "h = x W0^T + b + scaling * (x A^T) B^T" in html  # lora_linear's docstring itself
 
 
-def test_no_link_leaves_the_site(site):
-    """The guide's links to source files (../minilora/...) work on GitHub; on the site docs/hooks.py rewrites them."""
+@pytest.mark.slow
+def test_every_link_inside_the_site_resolves(site):
+    """No page links to a file the site lacks. The guide's links to source files (../minilora/...) work on
+    GitHub; docs/hooks.py rewrites them, and the links to notebooks, for the site."""
     site_dir = site[0]
-    leaving = {html.parent.name: re.findall(r'href="((?:\.\./)+(?:minilora|tests|tutorials)/[^"]*)"', html.read_text(encoding="utf-8"))
-               for html in site_dir.rglob("index.html")}
-    assert not {k: v for k, v in leaving.items() if v}
+    broken = []
+    for html in site_dir.rglob("*.html"):
+        for href in re.findall(r'href="([^"#?]+)', html.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", href) or href.startswith("/"):
+                continue  # http(s), mailto, data: not files of the site
+            target = (html.parent / href).resolve()
+            if not (target.is_file() or (target / "index.html").is_file()):
+                broken.append((html.relative_to(site_dir).as_posix(), href))
+    assert not broken, broken[:20]
+
+
+def test_the_guide_links_to_source_files_on_github_only():
+    """The hook's rewriting of a line like those of docs/derivations.md, with and without repo_url."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    line = "See [`softmax.py`](../minilora/functional/softmax.py#L5) and [lesson 1](../tutorials/01_finite_differences.ipynb)."
+    assert hooks.on_page_markdown(line, None, {}, None) == \
+        "See `softmax.py` and [lesson 1](tutorials/01_finite_differences.ipynb)."
+    assert hooks.on_page_markdown(line, None, {"repo_url": "https://github.com/o/minilora/"}, None) == \
+        "See [`softmax.py`](https://github.com/o/minilora/blob/main/minilora/functional/softmax.py#L5) and " \
+        "[lesson 1](tutorials/01_finite_differences.ipynb)."
