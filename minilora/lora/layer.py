@@ -171,7 +171,7 @@ class LoRALinear(Module):
 
         Without PiSSA that is the adapter's own A (r, in), B (out, r). After a
         PiSSA init the base weight is the residual W0 - s0 B0 A0, so
-        W0 + s [B, -(s0/s) B0] [A; A0] = residual + s B A: a plain LoRA adapter of
+        ``W0 + s [B, -(s0/s) B0] [A; A0] = residual + s B A``: a plain LoRA adapter of
         rank r + r0, what PEFT's save_pretrained(path_initial_model_for_weight_conversion=...) writes.
         """
         self._require(name)
