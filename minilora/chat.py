@@ -110,7 +110,7 @@ def stream_reply(model, prompt_ids, stop_id, max_new_tokens, temperature=0.0, rn
             window = np.array([[token]], dtype=np.int64)  # (1, 1): the cache holds everything before it
 
 
-def complete(model, tokenizer, messages, max_new_tokens, temperature=0.0, rng=None, out=None):
+def reply(model, tokenizer, messages, max_new_tokens, temperature=0.0, rng=None, out=None):
     """The assistant's reply to ``messages`` (the chat template's generation prompt), streamed to ``out`` if given."""
     prompt = tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
     ids, shown = [], ""
@@ -155,12 +155,12 @@ def repl(model, tokenizer, system=None, max_new_tokens=256, temperature=0.0, rng
             continue
         messages.append({"role": "user", "content": line})
         try:
-            reply = complete(model, tokenizer, messages, max_new_tokens, temperature, rng, out=out)
+            answer = reply(model, tokenizer, messages, max_new_tokens, temperature, rng, out=out)
         except ValueError as error:  # the conversation outgrew the context: say so, keep the REPL
             messages.pop()
             out.write(f"error: {error}\n")
             continue
-        messages.append({"role": "assistant", "content": reply})
+        messages.append({"role": "assistant", "content": answer})
 
 
 def non_negative_float(text):

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from .chat import add_model_arguments, complete, load_model
+from .chat import add_model_arguments, load_model, reply
 from .cli_options import CommandError, int_at_least, positive_float, require_extras, user_input
 
 SYSTEM = "Write one sentence about the restaurant from the data."
@@ -36,22 +36,22 @@ RECIPE = {"r": 8, "lora_alpha": 16, "lr": 3e-3, "steps": 100, "batch_size": 4, "
 TARGETS = {"q_proj,v_proj": ["q_proj", "v_proj"], "all-linear": "all-linear"}
 
 
-def messages(example, reply=None):
-    """The conversation of one example: the system message, the data as the user's turn, and the reply if given."""
+def messages(example, answer=None):
+    """The conversation of one example: the system message, the data as the user's turn, and the answer if given."""
     from .data.tasks import SEPARATOR
 
     turns = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": example.prompt.removesuffix(SEPARATOR)}]
-    return turns + ([{"role": "assistant", "content": reply}] if reply is not None else [])
+    return turns + ([{"role": "assistant", "content": answer}] if answer is not None else [])
 
 
-def encode_example(tokenizer, example, reply):
-    """(ids, number of prompt ids): the chat template's generation prompt, then the reply and the end-of-turn token.
+def encode_example(tokenizer, example, answer):
+    """(ids, number of prompt ids): the chat template's generation prompt, then the answer and the end-of-turn token.
 
     The two parts are encoded separately, so the boundary between prompt and reply is
     exact (the chat template writes the same text, tests/test_finetune.py checks it).
     """
     prompt = tokenizer.encode(tokenizer.apply_chat_template(messages(example), add_generation_prompt=True))
-    return prompt + tokenizer.encode(reply + tokenizer.eos_token), len(prompt)
+    return prompt + tokenizer.encode(answer + tokenizer.eos_token), len(prompt)
 
 
 def make_batch(rows, pad_id):
@@ -85,7 +85,7 @@ def batch_sampler(tokenizer, examples, batch_size, context):
 
 def answers(model, tokenizer, examples, max_new_tokens):
     """The model's greedy reply to each example's prompt."""
-    return [complete(model, tokenizer, messages(e), max_new_tokens) for e in examples]
+    return [reply(model, tokenizer, messages(e), max_new_tokens) for e in examples]
 
 
 def scores(predictions, examples):

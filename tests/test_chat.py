@@ -92,7 +92,7 @@ def replies(model, tokenizer, turns, max_new_tokens):
     messages, out = [], []
     for turn in turns:
         messages.append({"role": "user", "content": turn})
-        out.append(chat.complete(model, tokenizer, messages, max_new_tokens))
+        out.append(chat.reply(model, tokenizer, messages, max_new_tokens))
         messages.append({"role": "assistant", "content": out[-1]})
     return out
 
@@ -114,10 +114,10 @@ def test_stream_reply_stops_at_the_stop_token(tiny):
     assert list(chat.stream_reply(model, prompt, stop_id=first, max_new_tokens=5)) == []
 
 
-def test_complete_streams_the_text_it_returns(tiny):
+def test_reply_streams_the_text_it_returns(tiny):
     model, tokenizer = Llama.from_gguf(tiny), LlamaTokenizer.from_gguf(tiny)
     out = io.StringIO()
-    text = chat.complete(model, tokenizer, [{"role": "user", "content": "héllo"}], 20, out=out)
+    text = chat.reply(model, tokenizer, [{"role": "user", "content": "héllo"}], 20, out=out)
     assert out.getvalue() == text + "\n" and text
 
 
