@@ -102,7 +102,7 @@ def _cell(text, width=44):
 
 def table(examples, before, after, show):
     """A text table of the first ``show`` examples: input, the reply before and after, a reference."""
-    rows = [("input", "before", "after", "reference")]
+    rows = [("input", "before", "after", "a reference")]
     rows += [(_cell(e.prompt.rstrip("="), 32), _cell(b), _cell(a), _cell(e.references[0]))
              for e, b, a in list(zip(examples, before, after))[:show]]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]

@@ -64,7 +64,7 @@ def test_finetune_end_to_end_on_a_tiny_model(tiny, tmp_path):
     done = run_finetune("--model", tiny, "--steps", 40, "--lr", "1e-2", "--eval-examples", 3, "--show", 2,
                         "--max-new-tokens", 6, "--out", out)
     assert done.returncode == 0, done.stderr
-    assert "input" in done.stdout and "| before" in done.stdout and "| after" in done.stdout and "| reference" in done.stdout
+    assert "input" in done.stdout and "| before" in done.stdout and "| after" in done.stdout and "| a reference" in done.stdout
     assert "3 test prompts   BLEU   exact match %" in done.stdout and f"saved the adapter to {out}/" in done.stdout
 
     config = json.loads((out / "adapter_config.json").read_text())
