@@ -170,7 +170,8 @@ def run_finetune(args):
     trainable, total = count_parameters(lora_model)
     print(f"training LoRA r={args.r} on {args.target_modules} ({trainable:,} of {total:,} parameters) for "
           f"{args.steps} steps of {args.batch_size} conversations", flush=True)
-    def scorer(m):
+
+    def scorer(m):  # --eval-every: the held-out scores during training
         return scores(answers(m, tokenizer, held_out, args.max_new_tokens), held_out)
 
     optimizer = AdamW([p for p in lora_model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
