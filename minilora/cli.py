@@ -309,6 +309,27 @@ def _register_assignment(subparsers):
     add_assignment_actions(p, add_subparser)
 
 
+# ---- finetune, chat: SmolLM2-135M-Instruct ------------------------------------------------------
+@command
+def _register_finetune(subparsers):
+    from .finetune import DESCRIPTION, add_finetune_arguments, run_finetune
+
+    p = add_subparser(subparsers, "finetune", help="teach SmolLM2-135M-Instruct the data-to-text task with LoRA (GGUF file)",
+                      description=DESCRIPTION)
+    add_finetune_arguments(p)
+    p.set_defaults(run=run_finetune)
+
+
+@command
+def _register_chat(subparsers):
+    from .chat import DESCRIPTION, add_chat_arguments, run_chat
+
+    p = add_subparser(subparsers, "chat", help="chat with SmolLM2-135M-Instruct, optionally with a LoRA adapter",
+                      description=DESCRIPTION)
+    add_chat_arguments(p)
+    p.set_defaults(run=run_chat)
+
+
 # ---- entry point -------------------------------------------------------------------------------
 def build_parser():
     parser = ArgumentParser(

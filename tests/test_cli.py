@@ -15,7 +15,7 @@ from minilora.cli import build_parser
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(minilora.__file__)))  # this checkout, for the subprocess
 TINY = ["--batch-size", "4", "--sentences", "200", "--n-layer", "1", "--n-embd", "16",
         "--n-head", "2", "--block-size", "16", "--eval-every", "5", "--no-progress"]
-SUBCOMMANDS = ["pretrain", "generate", "demo", "paper"]
+SUBCOMMANDS = ["pretrain", "generate", "demo", "paper", "finetune", "chat"]
 
 
 def run_minilora(*argv, env=None, path_first=None):

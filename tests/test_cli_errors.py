@@ -62,6 +62,10 @@ NONSENSE = {
                  "--seed": ["-1"]},
     "demo": {"--seed": ["-1"], "--pretrain-steps": ["0"], "--finetune-steps": ["0", "-2"], "--eval-examples": ["0"], "--seeds": ["0"]},
     "paper": {"--seeds": ["0", "-1"]},
+    "finetune": {"--steps": ["0"], "--batch-size": ["0"], "--lr": ["0", "nan"], "--r": ["0"], "--lora-alpha": ["-1"],
+                 "--eval-examples": ["0"], "--eval-every": ["0"], "--show": ["-1"], "--max-new-tokens": ["0"],
+                 "--seed": ["-1"]},
+    "chat": {"--max-new-tokens": ["0"], "--temperature": ["-1", "nan", "inf"], "--seed": ["-1"]},
 }
 CASES = [(sub, option, value) for sub, options in NONSENSE.items() for option, values in options.items() for value in values]
 
