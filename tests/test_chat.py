@@ -31,13 +31,13 @@ GGUF_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "sel
               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
 
 
-def tiny_chat_gguf(path, context=256, hidden_size=32, seed=0, chat_template=CHAT_TEMPLATE):
+def tiny_chat_gguf(path, context=256, hidden_size=32, intermediate_size=48, seed=0, chat_template=CHAT_TEMPLATE):
     """Write a random 2-layer Llama (GQA 4/2) with a byte-level BPE tokenizer and a chat template as a GGUF file."""
     gguf = require_oracle("gguf")
     from tokenizers import pre_tokenizers
 
     tokens = SPECIAL + sorted(pre_tokenizers.ByteLevel.alphabet()) + ["".join(m) for m in MERGES]
-    config = LlamaConfig(vocab_size=len(tokens), hidden_size=hidden_size, intermediate_size=48, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokens), hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context, seed=seed,
                          tie_word_embeddings=False)  # a random tied head repeats one token; an untied one varies
     weights = {n: np.asarray(p.data if "norm" in n else 5 * p.data, dtype=np.float32)  # std 0.1: varied greedy replies

@@ -131,3 +131,19 @@ def test_a_few_steps_on_smollm2_lower_the_loss_and_the_adapter_reloads(tmp_path)
     reloaded = load_peft_llama(Llama.from_gguf(path), tmp_path / "adapter")
     idx = batch[0][:1, :20]
     np.testing.assert_array_equal(reloaded(idx)[0].numpy(), model(idx)[0].numpy())
+
+
+@pytest.mark.parametrize("base", ["q4_1", "nf4"])
+def test_finetune_on_a_4_bit_base_trains_the_float32_factors(tmp_path, base):
+    """QLoRA through the command: the frozen weights held in 4 bits, A and B trained in float32."""
+    tiny = tiny_chat_gguf(tmp_path / "tiny64.gguf", hidden_size=64, intermediate_size=128)  # rows of whole NF4 blocks
+    out = tmp_path / base
+    done = run_finetune("--model", tiny, "--base", base, "--steps", 40, "--lr", "1e-2", "--eval-examples", 2,
+                        "--show", 1, "--max-new-tokens", 4, "--out", out)
+    assert done.returncode == 0, done.stderr
+    losses = [h["loss"] for h in json.loads((out / "finetune.json").read_text())["history"]]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3, losses
+    report = json.loads((out / "finetune.json").read_text())
+    reloaded = load_peft_llama(Llama.from_gguf(tiny, quantized=base), out)
+    assert finetune.answers(reloaded, LlamaTokenizer.from_gguf(tiny), e2e_task(seed=0).test[:2], 4) == [
+        a["after"] for a in report["answers"]]
