@@ -40,8 +40,8 @@ def tiny_chat_gguf(path, context=256, hidden_size=32, intermediate_size=48, seed
     config = LlamaConfig(vocab_size=len(tokens), hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context, seed=seed,
                          tie_word_embeddings=False)  # a random tied head repeats one token; an untied one varies
-    weights = {n: np.asarray(p.data if "norm" in n else 5 * p.data, dtype=np.float32)  # std 0.1: varied greedy replies
-               for n, p in Llama(config).named_parameters()}
+    weights = {n: np.asarray(p.numpy() if "norm" in n else 5 * p.numpy(), dtype=np.float32)  # std 0.1: varied greedy replies
+               for n, p in Llama(config).named_parameters()}  # numpy(): the host copy, also on the cupy backend
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(context)

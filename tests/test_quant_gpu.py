@@ -7,7 +7,7 @@ the GPU what it computes on the CPU.
 import numpy as np
 import pytest
 
-from minilora import backend, reference_ops
+from minilora import Tensor, backend, reference_ops
 from minilora.lora import LoraConfig, get_peft_model, lora_layers
 from minilora.models import Llama, LlamaConfig
 from minilora.quant import QuantizedLinear, nf4, q4_1, quantize_base
@@ -86,3 +86,15 @@ def test_qlora_step_on_the_gpu_equals_the_cpu(format, dtype, tolerance):
     assert np.abs(gpu_logits - cpu_logits).max() <= tolerance * scale
     for a, b in zip(gpu_grads, cpu_grads):
         assert np.abs(a - b).max() <= tolerance * max(1.0, np.abs(b).max())
+
+
+@pytest.mark.parametrize("format", ["q4_1", "nf4"])
+def test_blocks_left_on_the_host_are_named_with_the_fix(format):
+    """A 4-bit layer not moved to the GPU: one clear error, not CuPy's about a numpy.ndarray inside matmul."""
+    with backend.using_backend("numpy"):
+        layer = QuantizedLinear.from_weight(np.ones((4, 64), np.float32), format)
+    with backend.using_backend("cupy"):
+        x = Tensor(np.ones((3, 64), np.float32))
+        with pytest.raises(TypeError, match=r"QuantizedLinear: inputs live on different backends \(cupy array of shape "
+                                            r"\(3, 64\), numpy array of shape \(4, 32\)\).*model.to\('cupy'\)"):
+            layer(x)

@@ -94,6 +94,11 @@ class QuantizedLinear(Linear):
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, bias={self.bias is not None}"
 
 
+def check_blocks_backend(op_name, x, quantized):
+    """The 4-bit blocks are no Tensor input, so apply() does not see them: a model left on the CPU fails here, by name."""
+    backend.check_same_backend(op_name, [x, quantized.qweight.data])
+
+
 class QuantizedLinearFunction(LinearFunction):
     """Linear (functional/linalg.py) on a 4-bit weight. Inputs: x (..., in), a QuantizedLinear, bias (out,) or None.
 
@@ -102,6 +107,7 @@ class QuantizedLinearFunction(LinearFunction):
 
     @staticmethod
     def forward(ctx, x, quantized, bias=None):
+        check_blocks_backend("QuantizedLinear", x, quantized)
         y = LinearFunction.forward(ctx, x, quantized.dequantize(x.dtype), bias)  # (..., out)
         ctx.weight = quantized  # the float W0 dies here; backward makes it again
         return y
@@ -125,6 +131,7 @@ class QuantizedLoRALinearFunction(LoRALinearFunction):
 
     @staticmethod
     def forward(ctx, x, quantized, b, A, B, scaling, dropout_mask=None):
+        check_blocks_backend("quantized_lora_linear", x, quantized)
         h = LoRALinearFunction.forward(ctx, x, quantized.dequantize(x.dtype), b, A, B, scaling, dropout_mask)
         ctx.W0 = quantized  # (..., d) is computed; the float W0 dies here
         return h
