@@ -16,6 +16,7 @@ import numpy as np
 _BACKENDS = ("numpy", "cupy")
 _state = {"name": "numpy", "xp": np, "default_dtype": np.dtype(np.float32)}
 _environment_error = []  # the error of an unusable $MINILORA_BACKEND, until set_backend() replaces that choice
+_pending_environment = []  # $MINILORA_BACKEND, applied on first use: a command that chooses NumPy itself never imports CuPy
 
 
 def _import_cupy():
@@ -57,9 +58,12 @@ def set_backend(name):
     _state["xp"] = _import_cupy() if name == "cupy" else np
     _state["name"] = name
     _environment_error.clear()
+    _pending_environment.clear()
 
 
 def _raise_environment_error():
+    if _pending_environment:
+        _use_environment(_pending_environment.pop())
     if _environment_error:
         error_type, message = _environment_error[0]
         raise error_type(message)
@@ -73,14 +77,16 @@ def get_backend():
 
 @contextlib.contextmanager
 def using_backend(name):
-    """Inside the block, new tensors go to backend ``name``; the previous backend comes back afterwards."""
-    previous, pending = _state["name"], list(_environment_error)
+    """Inside the block, new tensors go to backend ``name``; the previous backend comes back afterwards.
+
+    A $MINILORA_BACKEND not yet applied stays unapplied (``using_backend("numpy")`` never imports CuPy)."""
+    previous, error, pending = _state["name"], list(_environment_error), list(_pending_environment)
     set_backend(name)
     try:
         yield
     finally:
         set_backend(previous)
-        _environment_error[:] = pending
+        _environment_error[:], _pending_environment[:] = error, pending
 
 
 def xp():
@@ -242,6 +248,7 @@ def sum_over_rows(a):
 
 def peak_bytes_allocated(work):
     """The high-water mark of array memory that ``work()`` allocates on the current backend, in bytes."""
+    _raise_environment_error()
     if _state["name"] == "cupy":
         return _cupy_peak_bytes(_state["xp"], work)
     import tracemalloc
@@ -307,6 +314,7 @@ def retain_host_memory():
 
 def synchronize():
     """Wait for the GPU to finish queued work (a no-op on NumPy); call it before reading a timer."""
+    _raise_environment_error()
     if _state["name"] == "cupy":
         _state["xp"].cuda.get_current_stream().synchronize()
 
@@ -339,4 +347,4 @@ def _use_environment(name):
 
 
 if os.environ.get("MINILORA_BACKEND"):
-    _use_environment(os.environ["MINILORA_BACKEND"])
+    _pending_environment.append(os.environ["MINILORA_BACKEND"])

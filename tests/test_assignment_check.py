@@ -7,6 +7,7 @@ a gradient or a property to go by, without them too (what a student's
 ``minilora assignment check`` does).
 """
 import importlib
+import sys
 
 import numpy as np
 import pytest
@@ -99,6 +100,28 @@ def test_the_solution_passes_its_own_checks(number):
     assert [message for _, message in outcomes(number, expected)] == [None] * len(expected)
     for values in expected:
         assert all(isinstance(v, np.ndarray) and v.dtype.kind in "fi" for v in values.values())
+
+
+def test_run_case_is_numpy_whatever_the_environment_says(monkeypatch):
+    """The assignments are a NumPy activity: MINILORA_BACKEND=cupy (here one whose CuPy cannot load) changes nothing."""
+    monkeypatch.setattr(backend, "_pending_environment", ["cupy"])  # what `import minilora` leaves for MINILORA_BACKEND=cupy
+    monkeypatch.setattr(backend, "_environment_error", [])
+    monkeypatch.setattr(backend, "_state", dict(backend._state, name="numpy", xp=np))
+    monkeypatch.setitem(sys.modules, "cupy", None)  # any import of CuPy from here on fails
+    for number in (5, 7, 12):
+        assert [message for _, message in outcomes(number)] == [None] * len(checks.cases(number))
+    assert backend._pending_environment == ["cupy"]
+
+
+@pytest.mark.skipif(backend.cupy_unavailable_reason() is not None, reason="needs a machine where CuPy runs")
+def test_run_case_is_numpy_on_the_cupy_backend():
+    expected = instructor_values(7)
+    with backend.using_backend("cupy"):
+        actual = [checks.run_case(minilora, 7, case) for case in checks.cases(7)]
+        assert minilora.get_backend() == "cupy"
+    for case, values, reference in zip(checks.cases(7), actual, expected):
+        assert all(isinstance(v, np.ndarray) for v in values.values())
+        assert checks.judge(7, case, values, reference) is None
 
 
 def test_cases_are_deterministic():

@@ -38,8 +38,9 @@ def load(folder, name):
     return module
 
 
-def run(*command, cwd=None, path=None, timeout=120):
-    env = dict(os.environ, PYTHONPATH=str(path) if path else os.environ.get("PYTHONPATH", ""), PYTHONDONTWRITEBYTECODE="1")
+def run(*command, cwd=None, path=None, timeout=120, **environment):
+    env = dict(os.environ, PYTHONPATH=str(path) if path else os.environ.get("PYTHONPATH", ""), PYTHONDONTWRITEBYTECODE="1",
+               **environment)
     return subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=cwd or path, env=env, timeout=timeout)
 
 
@@ -251,3 +252,16 @@ def test_teaching_md_lists_every_exercise_with_its_points():
     assert [(int(n), title, int(points)) for n, title, points in rows] == [
         (e.number, e.title + (" (worked)" if e.worked else ""), e.points) for e in EXERCISES]
     assert f"{sum(e.points for e in EXERCISES)} points in all" in text
+
+
+def test_a_student_on_a_cupy_machine_still_works_on_numpy(engine_done, tmp_path):
+    """MINILORA_BACKEND=cupy set on the student's machine changes nothing, and CuPy is never imported: here a
+    cupy that ends the process with status 99 the moment it is imported."""
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "cupy" / "__init__.py").write_text("import os\nos._exit(99)\n")
+    path = os.pathsep.join([str(tmp_path), str(engine_done)])
+    checked = run("-m", "minilora.cli", "assignment", "check", "5", cwd=engine_done, path=path, MINILORA_BACKEND="cupy")
+    assert checked.returncode == 0 and "2 of 2 cases passed" in checked.stdout, checked.stdout + checked.stderr
+    tested = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", "-k", "exercise05", cwd=engine_done, path=path,
+                 MINILORA_BACKEND="cupy")
+    assert "1 passed" in tested.stdout, tested.stdout + tested.stderr

@@ -1,4 +1,6 @@
 """The backend switch: clear errors where CuPy cannot run, scatter-add, host random numbers."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,22 @@ def test_cupy_without_a_gpu_says_why_and_how_to_fix():
     with pytest.raises(RuntimeError, match=r"cupy backend .*Fix:"):
         minilora.set_backend("cupy")
     assert minilora.get_backend() == "numpy"
+
+
+def test_the_environment_backend_waits_for_its_first_use(monkeypatch):
+    """$MINILORA_BACKEND is applied when a tensor first needs a backend: code that chooses NumPy itself (the
+    assignments) never imports CuPy, which under a memory limit can fail to load its libraries."""
+    monkeypatch.setattr(backend, "_pending_environment", ["cupy"])  # what `import minilora` leaves for MINILORA_BACKEND=cupy
+    monkeypatch.setattr(backend, "_environment_error", [])
+    monkeypatch.setattr(backend, "_state", dict(backend._state, name="numpy", xp=np))
+    monkeypatch.setitem(sys.modules, "cupy", None)  # any import of CuPy from here on fails
+    with backend.using_backend("numpy"):
+        assert minilora.Tensor([1.0, 2.0]).numpy().tolist() == [1.0, 2.0]
+    assert backend._pending_environment == ["cupy"]
+    with pytest.raises(RuntimeError, match=r"MINILORA_BACKEND='cupy': the cupy backend needs CuPy"):
+        minilora.get_backend()
+    minilora.set_backend("numpy")  # another choice replaces the environment's
+    assert minilora.get_backend() == "numpy" and backend._pending_environment == []
 
 
 def test_mixing_backends_names_both():

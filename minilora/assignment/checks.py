@@ -7,7 +7,7 @@
 ``package`` is the ``minilora`` module under test (a student's copy, or the
 instructor's); run_case uses only it, never the minilora this module belongs
 to, and returns plain NumPy arrays. It runs the reference ops on the NumPy
-backend. ``judge`` never trusts ``actual``: a missing key, a wrong shape, NaN or
+backend, whatever $MINILORA_BACKEND says: the assignments are a NumPy activity. ``judge`` never trusts ``actual``: a missing key, a wrong shape, NaN or
 a non-array is a message, not an exception. Without ``expected`` it judges by
 the numerical gradient of the package's own forward and by properties of the
 result (the student's ``minilora assignment check``); with ``expected`` (the
@@ -40,7 +40,7 @@ def run_case(package, number, case):
 
     Exceptions from the package's code (NotImplementedError from a stub, any bug) propagate.
     """
-    with package.reference_ops():
+    with package.backend.using_backend("numpy"), package.reference_ops():
         result = _check(number).run(package, case)
     return {key: np.asarray(value) for key, value in result.items()}
 

@@ -16,7 +16,8 @@ from .exercises import EXERCISES, exercise, handed_out, parse_numbers, solution_
 
 DESCRIPTION = ("Classroom assignments cut from minilora's own source (docs/teaching.md): 'make' writes a student copy "
                "with the chosen exercises blanked out, 'check N' runs exercise N's checks on the installed minilora "
-               "and says what fails, 'list' shows the exercises and their points.")
+               "and says what fails, 'list' shows the exercises and their points. The assignments run on NumPy, "
+               "whatever --backend or $MINILORA_BACKEND says: they never import CuPy.")
 
 
 class ChecksFailed(CommandError):
@@ -30,6 +31,7 @@ def add_assignment_actions(parser, add_subparser):
 
     ``add_subparser(actions, name, **kwargs)`` is minilora.cli's: a parser with its help format and --debug.
     """
+    parser.set_defaults(backend="numpy")  # a NumPy activity: this replaces --backend and $MINILORA_BACKEND
     actions = parser.add_subparsers(title="actions", dest="action", metavar="ACTION", required=True)
     add_subparser(actions, "list", help="the exercises, their points, and the files that hold them").set_defaults(run=run_list)
     make = add_subparser(actions, "make", help="write a student copy with the chosen exercises blanked out")
