@@ -15,7 +15,7 @@ case $1 in
 search)
     timed "$OUT/quick.log" 150 python -m minilora.paper --quick --seeds 1 --backend cupy --out /tmp/paper-quick
     tar czf "$OUT/quick.tgz" -C /tmp --exclude='*.safetensors' paper-quick
-    timed "$OUT/search.log" 270 python -m minilora.paper --search --backend cupy --workers 14 --out /tmp/paper-search
+    timed "$OUT/search.log" 270 python -m minilora.paper --search --backend cupy --out /tmp/paper-search
     cp /tmp/paper-search/search.json "$OUT/" ;;
 full)
     timed "$OUT/full.log" 520 python -m minilora.paper --backend cupy --out /tmp/paper

@@ -225,9 +225,9 @@ def test_search_scores_the_validation_split_only(tmp_path, monkeypatch):
         return real(model, tokenizer, examples[:2])
 
     monkeypatch.setattr(minilora.train, "generation_metrics", recording)
-    args = argparse.Namespace(out=str(tmp_path), backend="numpy", workers=1)
+    args = argparse.Namespace(out=str(tmp_path), backend="numpy")
     configs = [(30, 8, "full", 1e-3), (30, 8, "lora", 1e-2)]
-    results = search.run_search(args, configs=configs, base_scale=lab_module.QUICK, steps=2)
+    results = search.run_search(args, configs=configs, base_scale=lab_module.QUICK, steps=2, workers=1)
     validation = [e.prompt for e in lab_module.Lab(lab_module.QUICK, [0], str(tmp_path)).splits.validation]
     assert scored and all(prompts == validation for prompts in scored)
     assert [(r["family"], r["step"]) for r in results["records"]] == [("full", 2), ("lora", 2)]

@@ -49,9 +49,7 @@ def add_paper_arguments(parser):
     parser.add_argument("--force", action="store_true", help="redo every run and measurement instead of reusing the cache")
     parser.add_argument("--search", action="store_true",
                         help="instead of the claims: choose the full run's pretraining, batch, learning rates and steps on "
-                             "the validation split, and write OUT/search.json (minilora/paper/search.py)")
-    parser.add_argument("--workers", type=int_at_least(1), default=1,
-                        help="parallel processes for --search (on one GPU, a dozen or so pay: each is bound by Python)")
+                             "the validation split, and write OUT/search.json (minilora/paper/search.py; on a GPU, in parallel processes)")
     return parser
 
 

@@ -58,7 +58,7 @@ class Scale:
 
 # The full run: the demo's GPT (2 layers, d = 288: LoRA r=8 on q, v trains 0.9 % of it, and r = 64 is still a low
 # rank), 3 seeds x 18 adaptation runs. Pretraining steps, batch, learning rates and steps were chosen on the validation
-# split by `minilora paper --search --backend cupy --workers 14` (search.py; one NVIDIA H200, 2026-11-30, 70 s), the
+# split by `minilora paper --search --backend cupy` (search.py, 14 processes; one NVIDIA H200, 2026-11-30, 70 s), the
 # same way for full fine-tuning and LoRA r=8 (q, v): pretraining 200 or 600 steps x batch 16 or 32 x lr (full 1e-4,
 # 3e-4, 1e-3; LoRA 3e-3, 6e-3, 1e-2, 2e-2), each run capped at 50 s of training on 2 CPU cores (full: 300 steps at
 # batch 32, LoRA: 400), validation BLEU every 100 steps. Chosen: pretraining 200 steps, batch 32, full fine-tuning
