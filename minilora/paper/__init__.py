@@ -1,7 +1,7 @@
 """``minilora paper``: the LoRA paper's claims, measured at small scale, with seeds, plots and a report.
 
     minilora paper --quick --seeds 1      # every claim in a few minutes: checks the machinery, not LoRA
-    minilora paper                        # the full run: 3 seeds, under an hour on a 2-core CPU
+    minilora paper                        # the full run: 3 seeds; 5.6 min on one H200, about 47 min on 2 CPU cores
     minilora paper --claims rank budget   # some claims only
     minilora paper --search               # how FULL's settings were chosen, on the validation split (search.py)
 
