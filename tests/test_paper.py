@@ -156,3 +156,79 @@ def test_module_entry_point_and_help():
     assert done.returncode == 0, done.stderr
     for option in ("--claims", "--seeds", "--quick", "--backend", "--out", "--force"):
         assert option in done.stdout
+
+
+def test_latency_models_keep_the_model_dtype(quick_run):
+    # A float64 B (numpy's default) once made the merged W float64, and the merged model slower than the base.
+    out, _, _ = quick_run
+    from minilora.paper import latency
+
+    lab = lab_module.Lab(lab_module.QUICK, [0], str(out))
+    for name, model in latency._models(lab).items():
+        assert {str(p.data.dtype) for p in model.parameters()} == {"float32"}, name
+
+
+def test_every_method_draws_the_same_batches(quick_run, monkeypatch):
+    out, _, _ = quick_run
+    lab = lab_module.Lab(lab_module.QUICK, [0], str(out))
+    drawn = []
+    real_random_rows = lab_module.data.random_rows
+
+    def recording(idx, targets, batch_size, rng):
+        rows = real_random_rows(idx, targets, batch_size, rng)
+        drawn[-1].append(to_numpy(rows[0]).copy())
+        return rows
+
+    monkeypatch.setattr(lab_module.data, "random_rows", recording)
+    for run, steps in ((lab_module.FULL_FT, 3), (lab_module.Run(("q", "v"), 8), 5), (lab_module.Run(("k",), 1), 5)):
+        drawn.append([])
+        lab.finetune(run, seed=1, lr=1e-3, steps=steps)
+    full, lora, other = drawn
+    assert len(full) == 3 and len(lora) == 5
+    for a, b, c in zip(full, lora, other):  # a shorter run sees the start of the same sequence
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(b, c)
+    drawn.append([])
+    lab.finetune(lab_module.FULL_FT, seed=2, lr=1e-3, steps=1)
+    assert not np.array_equal(drawn[-1][0], full[0])  # another seed, another order
+
+
+def test_search_choose_takes_the_fewest_steps_near_the_best():
+    def rec(p, b, family, lr, step, bleu):
+        return {"pretrain_steps": p, "batch_size": b, "family": family, "lr": lr, "step": step, "val_bleu": bleu}
+
+    records = [rec(200, 32, "full", 1e-3, 100, 80.0), rec(200, 32, "full", 1e-3, 200, 90.0),
+               rec(200, 32, "full", 3e-4, 100, 89.0), rec(200, 32, "full", 3e-4, 200, 88.0),
+               rec(200, 32, "lora", 1e-2, 100, 40.0), rec(200, 32, "lora", 1e-2, 200, 60.0),
+               rec(600, 32, "full", 1e-3, 100, 95.0), rec(600, 32, "lora", 1e-2, 100, 30.0)]
+    from minilora.paper.search import choose
+
+    chosen = choose(records, tolerance=2.0)
+    # (200, 32): full's best 90; 89 at step 100 is within 2, so lr 3e-4 for 100 steps. Mean of bests: (90 + 60) / 2
+    # beats (600, 32)'s (95 + 30) / 2.
+    assert (chosen["pretrain_steps"], chosen["batch_size"]) == (200, 32)
+    assert chosen["full"] == {"lr": 3e-4, "steps": 100, "val_bleu": 89.0, "best_val_bleu": 90.0}
+    assert chosen["lora"]["steps"] == 200 and chosen["lora"]["lr"] == 1e-2
+
+
+def test_search_scores_the_validation_split_only(tmp_path, monkeypatch):
+    import argparse
+
+    import minilora.train
+    from minilora.paper import search
+
+    scored = []
+    real = minilora.train.generation_metrics
+
+    def recording(model, tokenizer, examples):
+        scored.append([e.prompt for e in examples])
+        return real(model, tokenizer, examples[:2])
+
+    monkeypatch.setattr(minilora.train, "generation_metrics", recording)
+    args = argparse.Namespace(out=str(tmp_path), backend="numpy")
+    configs = [(30, 8, "full", 1e-3), (30, 8, "lora", 1e-2)]
+    results = search.run_search(args, configs=configs, base_scale=lab_module.QUICK, steps=2, workers=1)
+    validation = [e.prompt for e in lab_module.Lab(lab_module.QUICK, [0], str(tmp_path)).splits.validation]
+    assert scored and all(prompts == validation for prompts in scored)
+    assert [(r["family"], r["step"]) for r in results["records"]] == [("full", 2), ("lora", 2)]
+    assert json.loads((tmp_path / "search.json").read_text())["chosen"]["pretrain_steps"] == 30

@@ -1,8 +1,9 @@
 """``minilora paper``: the LoRA paper's claims, measured at small scale, with seeds, plots and a report.
 
     minilora paper --quick --seeds 1      # every claim in a few minutes: checks the machinery, not LoRA
-    minilora paper                        # the full run: 3 seeds, under an hour on a 2-core CPU
+    minilora paper                        # the full run: 3 seeds; 5.6 min on one H200, about 47 min on 2 CPU cores
     minilora paper --claims rank budget   # some claims only
+    minilora paper --search               # how FULL's settings were chosen, on the validation split (search.py)
 
 One module per claim (numbered as in docs/paper.md):
     1 quality.py        LoRA r=8 on Wq, Wv against full fine-tuning (Tables 2–4)
@@ -44,8 +45,11 @@ def add_paper_arguments(parser):
                         metavar="CLAIM", help=f"which claims to measure, of: {', '.join(c.NAME for c in CLAIMS)}")
     parser.add_argument("--seeds", type=int_at_least(1), default=3, help="seeds per quality figure (LoRA's init and the batch order)")
     parser.add_argument("--quick", action="store_true", help="a tiny model and a few steps: checks that everything runs")
-    parser.add_argument("--out", default=None, help="output and cache folder (default: runs/paper, or runs/paper-quick)")
+    parser.add_argument("--out", default=None, help="output and cache folder (default: runs/paper, runs/paper-quick or runs/paper-search)")
     parser.add_argument("--force", action="store_true", help="redo every run and measurement instead of reusing the cache")
+    parser.add_argument("--search", action="store_true",
+                        help="instead of the claims: choose the full run's pretraining, batch, learning rates and steps on "
+                             "the validation split, and write OUT/search.json (minilora/paper/search.py; on a GPU, in parallel processes)")
     return parser
 
 
@@ -57,8 +61,13 @@ def run_paper(args):
     if args.seeds < 1:
         raise ValueError(f"paper: --seeds must be at least 1, got {args.seeds}")
     args.backend = getattr(args, "backend", None) or backend.get_backend()
-    args.out = args.out or os.path.join("runs", "paper-quick" if args.quick else "paper")
+    search = getattr(args, "search", False)
+    args.out = args.out or os.path.join("runs", "paper-search" if search else "paper-quick" if args.quick else "paper")
     with backend.using_backend(args.backend):
+        if search:
+            from .search import run_search
+
+            return run_search(args)
         return _run(args)
 
 

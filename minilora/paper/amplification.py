@@ -51,7 +51,8 @@ def plot(result, path):
     ranks = list(RANKS)
     fig, (left, right) = new_figure(1, 2, width=11)
     error_line(left, ranks, [result[str(r)]["factor"] for r in ranks], label="‖ΔW‖ / ‖UᵀWVᵀ‖ (U, V from ΔW)")
-    left.set_ylabel("amplification factor")
+    left.set_yscale("log")  # from thousands at r = 1 to a few at r = 64
+    left.set_ylabel("amplification factor (log scale)")
     left.set_title("amplification factor of Wq (mean over layers)", fontsize=9)
     for key, label in (("W", "U, V: W's own top-r"), ("delta", "U, V: ΔW's top-r"), ("random", "U, V: random"),
                        ("delta_norm", "‖ΔW‖_F (for scale)")):

@@ -37,7 +37,8 @@ def _models(lab):
                                rng=backend.default_rng(0))
         rng = np.random.default_rng(1)  # B != 0, so merging really changes W (speed does not depend on the values)
         for p in (p for name, p in model.named_parameters() if "lora_B" in name):
-            p.data = backend.asarray(rng.normal(0, 0.02, p.shape), like=p.data)
+            # In the model's dtype: a float64 B would make the merged W float64, and every pass through it slower.
+            p.data = backend.asarray(rng.normal(0, 0.02, p.shape), dtype=p.data.dtype, like=p.data)
         adapted.append(model)
     return {"base": base, "LoRA unmerged": adapted[0], "LoRA merged": adapted[1].merge_and_unload()}
 

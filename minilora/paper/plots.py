@@ -37,8 +37,18 @@ def bars(ax, groups, values, series, colors=None, log=False, stat=mean_spread):
         for x, group in zip(xs, values):
             ax.scatter([x] * len(group[s]), group[s], s=9, color="black", zorder=3)
     ax.set_xticks(range(len(groups)), groups)
+    if log:
+        plain_log_ticks(ax)
     if n > 1:
         ax.legend(fontsize=8)
+
+
+def plain_log_ticks(ax):
+    """Label a log-scale y axis 2, 3, 20, 100 rather than 2×10⁰: timings span less than a few decades."""
+    from matplotlib.ticker import LogFormatter
+
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(2, 0.5)))
 
 
 def error_line(ax, x, values, label, **style):

@@ -5,6 +5,7 @@ import os
 import platform
 
 from ..io import save_json
+from .lab import WARMUP
 
 HOLDS = {"yes": "yes", "partly": "partly", "no": "**no**"}
 
@@ -53,14 +54,15 @@ def write_report(args, lab, outcomes, seconds, load=None):
         "on the synthetic corpus plus the training inputs in another notation (`minilora.demo.pretraining_text`).",
         f"- Task: E2E-style data-to-text (`minilora.data.e2e_task`, split seed 0); BLEU and exact match of greedy "
         f"outputs on the first {s.eval_examples} test inputs.",
-        f"- Adaptation: every method gets {s.finetune_steps} AdamW steps of batch {s.batch_size} (warmup 10, cosine "
-        f"to a tenth, clip 1.0); learning rate {s.lora_lr:g} for LoRA, {s.full_lr:g} for full fine-tuning; "
+        f"- Adaptation: AdamW (no weight decay), batch {s.batch_size}, the same batch sequence for every method "
+        f"within a seed, {WARMUP} warmup steps then a constant learning rate, clip 1.0; full fine-tuning "
+        f"{s.full_steps} steps at {s.full_lr:g}, every LoRA run {s.lora_steps} steps at {s.lora_lr:g}; "
         f"lora_alpha = {s.lora_alpha:g} at every rank (scale alpha / r), Kaiming-uniform A and zero B.",
         f"- Seeds: {n} ({', '.join(map(str, lab.seeds))}). A seed sets LoRA's initialisation and the batch order; "
         "within a seed every method sees the same batches. Figures are mean ± one sample standard deviation over "
         "seeds; timings are the median ± half the interquartile range of repeats taken in alternating order.",
-        "- Settings were fixed in advance, not tuned on the test split: the learning rates and step count come "
-        "from a pilot scored on the validation split. The test split is used for the reported numbers only.",
+        "- Settings were chosen in advance on the validation split, the same way for both method families "
+        "(`minilora paper --search`, docs/paper.md); the test split is used for the reported numbers only.",
         "- 'holds here?' applies the rule written in each claim's module (minilora/paper/<claim>.py) to these numbers.",
         "", "## Plots", "",
     ]
@@ -73,3 +75,15 @@ def write_report(args, lab, outcomes, seconds, load=None):
     print("\n".join(lines[:lines.index("## How it was measured")]))
     print(f"report: {os.path.join(args.out, 'report.md')}")
     return results
+
+
+def replot(folder):
+    """Draw every plot of a finished run again from its results.json (after a change to a plot, not to a number)."""
+    from . import CLAIMS
+    from ..io import load_json
+
+    results = load_json(os.path.join(folder, "results.json"))
+    for claim in CLAIMS:
+        if claim.NAME in results["claims"]:
+            outcome = results["claims"][claim.NAME]
+            claim.plot(outcome["result"], os.path.join(folder, outcome["plot"]))
