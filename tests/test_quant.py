@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import require_oracle
-from minilora import Tensor, backend, no_grad
+from minilora import Tensor, backend
 from minilora.lora import LoraConfig, get_peft_model, lora_layers
 from minilora.lora.layer import LoRALinear
 from minilora.lora.function import lora_linear
