@@ -24,6 +24,7 @@ import sys
 import time
 
 from ..cli_options import add_backend_argument, int_at_least, require_extras
+from ..io import load_json
 from . import amplification, budget, checkpoint, cost, latency, quality, rank, subspace
 
 CLAIMS = (quality, rank, budget, subspace, amplification, latency, checkpoint, cost)  # the report's order, 1..8
@@ -104,3 +105,12 @@ def _run(args):
         bar.close()
     outcomes = dict(sorted(outcomes.items(), key=lambda item: item[1]["number"]))
     return write_report(args, lab, outcomes, seconds=time.perf_counter() - started, load=load)
+
+
+def replot(folder):
+    """Draw every plot of a finished run again from its results.json (after a change to a plot, not to a number)."""
+    results = load_json(os.path.join(folder, "results.json"))
+    for claim in CLAIMS:
+        if claim.NAME in results["claims"]:
+            outcome = results["claims"][claim.NAME]
+            claim.plot(outcome["result"], os.path.join(folder, outcome["plot"]))

@@ -75,15 +75,3 @@ def write_report(args, lab, outcomes, seconds, load=None):
     print("\n".join(lines[:lines.index("## How it was measured")]))
     print(f"report: {os.path.join(args.out, 'report.md')}")
     return results
-
-
-def replot(folder):
-    """Draw every plot of a finished run again from its results.json (after a change to a plot, not to a number)."""
-    from . import CLAIMS
-    from ..io import load_json
-
-    results = load_json(os.path.join(folder, "results.json"))
-    for claim in CLAIMS:
-        if claim.NAME in results["claims"]:
-            outcome = results["claims"][claim.NAME]
-            claim.plot(outcome["result"], os.path.join(folder, outcome["plot"]))
