@@ -269,6 +269,22 @@ def from_pretrained(model, path, adapter_name="default"):
     return lora_model
 
 
+def attach_adapter(model, config, arrays, adapter_name, source):
+    """Put an adapter read from a file onto ``model``: a plain model gets a new LoraModel, a LoraModel adds it.
+
+    ``arrays`` are minilora's adapter arrays (read_adapter's, or a PEFT file's converted); ``source``
+    names the file in the error if they do not fit the model.
+    """
+    base = model.model if isinstance(model, LoraModel) else model
+    check_adapter_fits(base, config, arrays, source=source)
+    if isinstance(model, LoraModel):
+        model.add_adapter(adapter_name, config)
+    else:
+        model = LoraModel(model, config, adapter_name)
+    copy_adapter_arrays(model, adapter_name, arrays)
+    return model
+
+
 def get_peft_model(model, config, adapter_name="default", rng=None):
     """Add LoRA adapters to ``model`` (in place) and return the LoraModel wrapping it; only A and B train."""
     return LoraModel(model, config, adapter_name, rng=rng)

@@ -37,9 +37,9 @@ import numpy as np
 from .. import backend
 from ..io import load_json, load_safetensors, save_json, save_safetensors
 from .config import LoraConfig, pattern_value
-from .files import CONFIG_NAME, WEIGHTS_NAME, check_adapter_fits, copy_adapter_arrays
+from .files import CONFIG_NAME, WEIGHTS_NAME
 from .layer import LoRALinear
-from .model import LoraModel, lora_layers
+from .model import LoraModel, attach_adapter, lora_layers
 
 PREFIX = "base_model.model.transformer."
 QKV = ("q", "k", "v")
@@ -214,11 +214,4 @@ def load_peft_gpt2(model, path, adapter_name="default"):
     config_path = os.path.join(path, CONFIG_NAME)
     config, arrays = from_peft_gpt2(load_json(config_path), load_safetensors(os.path.join(path, WEIGHTS_NAME))[0], config_path,
                                     model=model)
-    base = model.model if isinstance(model, LoraModel) else model
-    check_adapter_fits(base, config, arrays, source=path)
-    if isinstance(model, LoraModel):
-        model.add_adapter(adapter_name, config)
-    else:
-        model = LoraModel(model, config, adapter_name)
-    copy_adapter_arrays(model, adapter_name, arrays)
-    return model
+    return attach_adapter(model, config, arrays, adapter_name, source=path)

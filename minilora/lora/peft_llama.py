@@ -17,8 +17,8 @@ import re
 
 from ..io import load_json, load_safetensors, save_json, save_safetensors
 from .config import LoraConfig, pattern_value
-from .files import CONFIG_NAME, WEIGHTS_NAME, check_adapter_fits, copy_adapter_arrays
-from .model import LoraModel, lora_layers
+from .files import CONFIG_NAME, WEIGHTS_NAME
+from .model import attach_adapter, lora_layers
 from .peft_gpt2 import PLAIN_INITS, UNSUPPORTED
 
 PREFIX = "base_model.model."
@@ -125,11 +125,4 @@ def load_peft_llama(model, path, adapter_name="default"):
         raise FileNotFoundError(f"no {CONFIG_NAME} in {path}. Fix: point to a folder written by save_pretrained().")
     weights = load_safetensors(os.path.join(path, WEIGHTS_NAME))[0]
     config, arrays = from_peft_llama(load_json(config_path), weights, config_path)
-    base = model.model if isinstance(model, LoraModel) else model
-    check_adapter_fits(base, config, arrays, source=path)
-    if isinstance(model, LoraModel):
-        model.add_adapter(adapter_name, config)
-    else:
-        model = LoraModel(model, config, adapter_name)
-    copy_adapter_arrays(model, adapter_name, arrays)
-    return model
+    return attach_adapter(model, config, arrays, adapter_name, source=path)
