@@ -5,10 +5,12 @@ fp32 training for the numerics.
 """
 import numpy as np
 import pytest
+from conftest import require_oracle
+from hypothesis import given
 
 import minilora
 import minilora.functional as F
-from minilora import Tensor, amp, backend, data, to_numpy
+from minilora import Tensor, amp, backend, data, testing, to_numpy
 from minilora.lora import LoraConfig, get_peft_model
 from minilora.models import GPT, GPTConfig
 from minilora.optim import SGD, AdamW, clip_grad_norm
@@ -231,3 +233,23 @@ def test_is_floating_counts_bfloat16():
 
     assert backend.is_floating(np.dtype(ml_dtypes.bfloat16)) and backend.is_floating(np.dtype(np.float16))
     assert not backend.is_floating(np.dtype(np.int32))
+
+
+@given(testing.arrays(testing.shapes()))
+def test_cast_gradcheck_in_float64(x):
+    """The cast's backward in a float64 chain (a float64 -> float64 cast, so the numerics are exact)."""
+    testing.assert_gradcheck(lambda t: amp.Cast.apply(t, np.float64).tanh() * t, x)
+
+
+@pytest.mark.oracle
+@given(testing.arrays(testing.shapes()))
+def test_cast_down_matches_torch(x):
+    """float64 -> float32 -> a loss: values and the float64 gradient, against torch's .to()."""
+    torch = require_oracle("torch")
+    ours = testing.as_tensor(x)
+    y = amp.Cast.apply(ours, np.float32)
+    (y * y).sum().backward()
+    theirs = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    (theirs.to(torch.float32) ** 2).sum().backward()
+    assert y.dtype == np.float32 and ours.grad.dtype == np.float64
+    np.testing.assert_allclose(host(ours.grad), theirs.grad.numpy(), rtol=1e-6, atol=1e-6)
