@@ -9,7 +9,9 @@ PyTorch's SDPA attention, as a practitioner runs it; the weights stay fp32.
 
     full   full fine-tuning: every weight trains
     lora   LoRA r=8, alpha 16. minilora adapts q and v; PEFT adapts GPT-2's fused
-           c_attn (q, k and v together), the usual PEFT recipe for GPT-2
+           c_attn (q, k and v together), the usual PEFT recipe for GPT-2. With
+           --half-base minilora keeps its frozen linear weights in bf16/fp16
+           (PEFT's stay float32, cast by autocast at each step)
     fwd    inference forward latency (no_grad): the base model, LoRA unmerged
            (the extra low-rank products), LoRA merged (W0 + s B A: no extra cost)
 
@@ -18,7 +20,8 @@ side reports the median of --steps timed steps after --warmup, and its peak
 memory: array memory in use (the CuPy pool's blocks handed out, PyTorch's
 max_memory_allocated) from before the model is built to after three steps.
 
-    python bench/bench_gpu_step.py [--mode full|lora|fwd|all] [--tf32] [--precision fp32|bf16|fp16] [--steps 10]
+    python bench/bench_gpu_step.py [--mode full|lora|fwd|all] [--tf32] [--precision fp32|bf16|fp16] [--half-base]
+                                   [--steps 10]
     python bench/bench_gpu_step.py --device cpu --layers 2 --seq 64   # check the script without a GPU
 """
 import argparse
@@ -26,7 +29,7 @@ import os
 import sys
 
 import numpy as np
-from steps import minilora_training_step
+from steps import LOW_PRECISION, minilora_training_step
 from timing import median_ms
 
 LORA_R, LORA_ALPHA = 8, 16
@@ -38,6 +41,8 @@ def parse_args():
     parser.add_argument("--tf32", action="store_true", help="let fp32 matmuls use TF32 tensor cores (both sides)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                         help="bf16/fp16: autocast on both sides (fp16 with loss scaling), SDPA attention in PyTorch")
+    parser.add_argument("--half-base", action="store_true",
+                        help="lora with bf16/fp16: store minilora's frozen W0 in that dtype (minilora.amp.cast_frozen)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--layers", type=int, default=12)
@@ -78,6 +83,9 @@ def minilora_model(lora):
     model = GPT(GPTConfig(**SHAPE, dropout=0.0))
     if lora:
         model = get_peft_model(model, LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=["q", "v"]))
+        if ARGS.half_base and ARGS.precision != "fp32":
+            from minilora import amp
+            amp.cast_frozen(model, LOW_PRECISION[ARGS.precision])
     return model
 
 

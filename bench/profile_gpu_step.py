@@ -7,7 +7,7 @@ back once at the end. "AdamW.step" is the optimizer; "rest" is what no event
 covers (zero_grad, the autograd engine's gradient sums, gaps where the GPU
 waited for the host).
 
-    python bench/profile_gpu_step.py [--mode full|lora] [--tf32] [--layers 12]
+    python bench/profile_gpu_step.py [--mode full|lora] [--precision fp32|bf16|fp16] [--tf32] [--layers 12]
 """
 import argparse
 import collections
@@ -18,6 +18,8 @@ import numpy as np
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--mode", choices=["full", "lora"], default="lora")
+parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                    help="bf16/fp16: the step of bench_gpu_step.py --precision, under minilora.amp.autocast")
 parser.add_argument("--tf32", action="store_true")
 parser.add_argument("--layers", type=int, default=12)
 args = parser.parse_args()
@@ -58,7 +60,7 @@ if args.mode == "lora":
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q", "v"]))
 rng = np.random.default_rng(0)
 idx, targets = (rng.integers(0, 50257, size=(8, 512)) for _ in range(2))  # (B, T) each
-step, opt = minilora_training_step(model, idx, targets)
+step, opt = minilora_training_step(model, idx, targets, precision=args.precision)
 
 for _ in range(3):
     step()
@@ -81,7 +83,7 @@ by_label = collections.defaultdict(lambda: [0, 0.0])
 for label, start, end in spans:
     by_label[label][0] += 1
     by_label[label][1] += cupy.cuda.get_elapsed_time(start, end)
-print(f"{args.mode} step, {args.layers} layers, TF32 {'on' if args.tf32 else 'off'}: "
+print(f"{args.mode} step, {args.precision}, {args.layers} layers, TF32 {'on' if args.tf32 else 'off'}: "
       f"GPU {total:.1f} ms, host queued it in {host_ms:.1f} ms")
 print(f"{'op':<40}{'calls':>6}{'ms':>9}{'%':>7}")
 for label, (calls, ms) in sorted(by_label.items(), key=lambda kv: -kv[1][1]):

@@ -40,13 +40,15 @@ from . import autograd, backend
 from .autograd import Function, Tensor
 from .functional.attention import ScaledDotProductAttention
 from .functional.elementwise import Exp, GeluErf, GeluTanh, Log, Pow, Sigmoid, SiLU, Sqrt, Tanh
-from .functional.linalg import Linear, MatMul
+from .functional.linalg import Linear as LinearFunction
+from .functional.linalg import MatMul
 from .functional.norm import LayerNorm, RMSNorm
 from .functional.reduce import Mean, Sum, Var
 from .functional.softmax import CrossEntropy, LogSoftmax, Softmax
 from .lora.function import LoRALinearFunction
+from .nn import Linear
 
-LOW_PRECISION = (MatMul, Linear, LoRALinearFunction)
+LOW_PRECISION = (MatMul, LinearFunction, LoRALinearFunction)
 FULL_PRECISION = (
     Softmax, LogSoftmax, CrossEntropy, LayerNorm, RMSNorm, Sum, Mean, Var,
     Exp, Log, Pow, Sqrt, Tanh, Sigmoid, SiLU, GeluTanh, GeluErf,
@@ -89,34 +91,63 @@ class Cast(Function):
 
 
 class _Policy:
-    """What autocast does at each ``Function.apply``: cast the floating inputs, then the output."""
+    """What autocast does at each ``Function.apply``: cast the floating inputs, then the output.
+
+    Within one autocast block a tensor is cast to a dtype once: the output of
+    a LayerNorm that feeds q, k and v is cast to bf16 once, not three times
+    (the graph's nodes, not the parameters, are remembered: an optimizer step
+    inside the block changes a parameter in place, so its casts are not kept).
+    """
 
     def __init__(self, low):
         self.low = low
         self.float32 = np.dtype(np.float32)
+        self.casts = {}  # (id(tensor), dtype) -> (tensor, its cast); the tensor is kept so its id is not reused
 
-    def target(self, function):
+    def target(self, function, args, kwargs):
         if issubclass(function, LOW_PRECISION):
             return self.low
-        if issubclass(function, FULL_PRECISION):
+        if issubclass(function, FULL_PRECISION) and not _fused_in_float32(function, args, kwargs):
             return self.float32
         return None
 
-    def cast_inputs(self, function, args):
-        dtype = self.target(function)
+    def cast_inputs(self, function, args, kwargs):
+        dtype = self.target(function, args, kwargs)
         if dtype is None:
             return args
-        return tuple(_cast(a, dtype) if isinstance(a, Tensor) and backend.is_floating(a.dtype) else a for a in args)
+        return tuple(self.cast(a, dtype) if isinstance(a, Tensor) and backend.is_floating(a.dtype) else a for a in args)
+
+    def cast(self, t, dtype):
+        if t.dtype == dtype:
+            return t
+        if t._fn is None:  # a leaf: a parameter or an input, which may change in place between uses
+            return Cast.apply(t, dtype)
+        key = (id(t), dtype)
+        if key not in self.casts:
+            self.casts[key] = (t, Cast.apply(t, dtype))
+        return self.casts[key][1]
 
     def cast_output(self, function, out):
         # NumPy's bf16 matmul (ml_dtypes) returns float32; the GPU's returns bf16 from a float32 accumulator.
         # Rounding here makes the NumPy emulation show what the GPU computes.
-        dtype = self.low if issubclass(function, LOW_PRECISION) else None
-        return _cast(out, dtype) if dtype is not None else out
+        if not issubclass(function, LOW_PRECISION) or out.dtype == self.low:
+            return out
+        return Cast.apply(out, self.low)
 
 
-def _cast(t, dtype):
-    return t if t.dtype == dtype else Cast.apply(t, dtype)
+def _fused_in_float32(function, args, kwargs):
+    """True if a fused kernel will run ``function`` on these 16-bit inputs as they are, computing in float32.
+
+    The CuPy kernels (minilora.fused) read bf16 or fp16, do their sums and
+    exponentials in float32 and round once when they write: the float32 the
+    policy asks for, without a float32 copy of the input in memory.
+    """
+    arrays = [a.data for a in args if isinstance(a, Tensor) and backend.is_floating(a.dtype)]
+    if not arrays or any(a.dtype.itemsize != 2 for a in arrays):
+        return False
+    fast = autograd.fast_or_reference(function, arrays[0])
+    raw = [a.data if isinstance(a, Tensor) else a for a in args]
+    return fast is not function and hasattr(fast, "runs_fused") and fast.runs_fused(*raw, **kwargs)
 
 
 @contextlib.contextmanager
@@ -135,18 +166,26 @@ def autocast(dtype="bfloat16", enabled=True):
 
 
 def cast_frozen(model, dtype):
-    """Store every parameter that does not train (a LoRA model's W0, embeddings, norms) in ``dtype``.
+    """Store the frozen weights and biases of the linear layers (a LoRA model's W0) in ``dtype``.
 
-    Returns the bytes saved. The trainable ones (A and B) stay in float32, so
-    the optimizer updates them at full precision.
+    Returns the bytes saved. What trains (A and B) stays float32, so the
+    optimizer updates it at full precision. The norms and the embeddings stay
+    float32 too, as PEFT's prepare_model_for_kbit_training keeps them: the
+    embeddings start the residual stream, whose running sums need float32,
+    and a matrix shared with an embedding (GPT-2's tied lm_head) is left alone.
+    Under autocast the linear layers then read W0 as it is, with no cast.
     """
     target = low_precision_dtype(dtype) if dtype in LOW_DTYPES else np.dtype(dtype)
+    elsewhere = {id(p) for m in model.modules() if not isinstance(m, Linear) for p in m._parameters.values()}
     saved = 0
-    for _, p in model.named_parameters():
-        if not p.requires_grad and p.dtype != target:
-            saved += p.data.nbytes
-            p.data = p.data.astype(target)
-            saved -= p.data.nbytes
+    for module in model.modules():
+        if not isinstance(module, Linear):
+            continue
+        for p in module._parameters.values():
+            if not p.requires_grad and backend.is_floating(p.dtype) and p.dtype != target and id(p) not in elsewhere:
+                saved += p.data.nbytes
+                p.data = p.data.astype(target)
+                saved -= p.data.nbytes
     return saved
 
 

@@ -78,14 +78,12 @@ def register_fast(reference, fast, backend_name):
 
 def fast_or_reference(reference, array):
     """The variant of ``reference`` to run on ``array``: its registered fast one, unless reference_ops() is on."""
-    if _reference_only[0] or reference not in _with_variants or _is_half(array.dtype):
+    if _reference_only[0] or reference not in _with_variants:
         return reference
-    return _fast_variants.get((reference, backend.backend_of(array)), reference)
-
-
-def _is_half(dtype):
-    # The fast kernels are written for float32 and float64; float16 and bfloat16 run the reference.
-    return dtype.itemsize == 2 and backend.is_floating(dtype)
+    name = backend.backend_of(array)
+    if name == "numpy" and array.dtype.itemsize == 2 and backend.is_floating(array.dtype):
+        return reference  # the NumPy variants work in place in float32/64; the CuPy kernels take 16-bit floats too
+    return _fast_variants.get((reference, name), reference)
 
 
 class Context:
@@ -149,7 +147,7 @@ class Function:
     def apply(cls, *args, **kwargs):
         autocast = _autocast[0]
         if autocast is not None:
-            args = autocast.cast_inputs(cls, args)
+            args = autocast.cast_inputs(cls, args, kwargs)
         tensors = [a for a in args if isinstance(a, Tensor)]
         backend.check_same_backend(cls.__name__, [t.data for t in tensors])
         if tensors:
@@ -358,6 +356,8 @@ class Tensor:
                 if parent is None or parent_grad is None or not parent.requires_grad:
                     continue
                 parent_grad = unbroadcast(parent_grad, parent.shape)
+                if parent_grad.dtype != parent.dtype:  # float32 + bfloat16 is float32: the bf16 input's gradient is bf16
+                    parent_grad = parent_grad.astype(parent.dtype)
                 key = id(parent)
                 grads[key] = parent_grad if key not in grads else grads[key] + parent_grad
             if not retain_graph:

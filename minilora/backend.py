@@ -246,6 +246,67 @@ def sum_over_rows(a):
     return a.sum(axis=0)
 
 
+def matmul(a, b):
+    """a @ b, for a (..., M, K) and b (..., K, N) with broadcast leading axes -> (..., M, N).
+
+    CuPy multiplies bfloat16 matrices only two axes at a time (a batch of them
+    fails: CuPy takes ml_dtypes' bfloat16 for an integer type there), so a
+    batched bf16 product goes to cuBLAS's strided batched GEMM here, with
+    float32 accumulation as for fp16. Everything else is plain ``a @ b``.
+    """
+    if not (is_cupy_array(a) and a.dtype.name == "bfloat16" == b.dtype.name and max(a.ndim, b.ndim) > 2):
+        return a @ b
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align. Fix: a (..., M, K) @ b (..., K, N)")
+    cupy = array_module(a)
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    out = cupy.empty(batch + (M, N), dtype=a.dtype)
+    count = int(np.prod(batch))
+    if out.size == 0 or K == 0:
+        out.fill(0)
+        return out
+    # Row-major C = A B is column-major C^T = B^T A^T: cuBLAS gets b first, then a.
+    (b_op, b_ld, b_stride, b), (a_op, a_ld, a_stride, a) = _gemm_operand(b, batch), _gemm_operand(a, batch)
+    from cupy_backends.cuda.libs import cublas
+
+    handle = cupy.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    bf16, compute_f32, default_algorithm = 14, 68, -1  # CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT
+    cublas.gemmStridedBatchedEx(handle, b_op, a_op, N, M, K, one.ctypes.data, b.data.ptr, bf16, b_ld, b_stride,
+                                a.data.ptr, bf16, a_ld, a_stride, zero.ctypes.data, out.data.ptr, bf16, N, M * N,
+                                count, compute_f32, default_algorithm)
+    return out
+
+
+def _gemm_operand(x, batch):
+    """(cuBLAS op, leading dimension, batch stride, array) for a row-major (..., R, C) operand broadcast to ``batch``.
+
+    A C-contiguous matrix is column-major transposed (op N); the transpose of
+    one (a swapaxes view, as k^T) is column-major itself (op T). A matrix
+    broadcast over the batch has stride 0. Anything else, or leading axes that
+    do not step evenly, is copied first.
+    """
+    cupy = array_module(x)
+    stacked = cupy.broadcast_to(x, batch + x.shape[-2:])
+    for attempt in (stacked, cupy.ascontiguousarray(stacked)):
+        rows, cols = attempt.shape[-2:]
+        row_step, col_step = (s // attempt.itemsize for s in attempt.strides[-2:])
+        if col_step == 1 and row_step >= max(cols, 1):
+            op, ld = 0, row_step  # CUBLAS_OP_N
+        elif row_step == 1 and col_step >= max(rows, 1):
+            op, ld = 1, col_step  # CUBLAS_OP_T
+        else:
+            continue
+        steps = [s // attempt.itemsize for s in attempt.strides[:-2]]
+        if all(step == 0 for step in steps):
+            return op, ld, 0, attempt
+        if all(steps[i] == steps[i + 1] * attempt.shape[i + 1] for i in range(len(steps) - 1)):
+            return op, ld, steps[-1], attempt
+    raise AssertionError(f"matmul: no cuBLAS layout for strides {x.strides}")  # a contiguous copy always has one
+
+
 def peak_bytes_allocated(work):
     """The high-water mark of array memory that ``work()`` allocates on the current backend, in bytes."""
     _raise_environment_error()

@@ -207,11 +207,16 @@ def test_a_lora_model_on_a_bf16_base_trains_its_float32_factors():
     model = get_peft_model(tiny_gpt(), LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian"))
     before = sum(p.data.nbytes for _, p in model.named_parameters())
     saved = amp.cast_frozen(model, "bfloat16")
-    assert saved == sum(p.data.nbytes for _, p in model.named_parameters() if not p.requires_grad)  # half of it
+    linear_layers = {"base_layer", "k", "o", "c_fc", "c_proj"}  # the blocks' Linear modules (q and v wrapped by LoRA)
+    linear_weights = [p for n, p in model.named_parameters() if n.split(".")[-2] in linear_layers]
+    assert saved == sum(p.data.nbytes for p in linear_weights) > 0  # half of what they took in float32
     assert before - saved == sum(p.data.nbytes for _, p in model.named_parameters())
+    assert all(p.dtype.name == "bfloat16" for p in linear_weights)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == np.float32 for p in trainable)
-    assert all(p.dtype.name == "bfloat16" for p in model.parameters() if not p.requires_grad)
+    # the embeddings (wte is also the tied lm_head) and the norms keep float32 for the residual stream
+    others = [p for p in model.parameters() if not p.requires_grad and all(p is not q for q in linear_weights)]
+    assert others and all(p.dtype == np.float32 for p in others)
 
     tok = data.CharTokenizer.printable()
     idx, targets = data.encode_examples(data.e2e_task(seed=0).train[:32], tok, block_size=64)
@@ -253,3 +258,74 @@ def test_cast_down_matches_torch(x):
     (theirs.to(torch.float32) ** 2).sum().backward()
     assert y.dtype == np.float32 and ours.grad.dtype == np.float64
     np.testing.assert_allclose(host(ours.grad), theirs.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def linear_inputs(out):
+    """The tensors a linear op read: past the cast of its output (NumPy's bf16 matmul returns float32)."""
+    node = out._parents[0] if out._fn is amp.Cast else out
+    return node._parents
+
+
+def test_a_tensor_is_cast_once_per_autocast_block_and_a_parameter_at_each_use():
+    x, g, b = tensor((4, 8), 0), tensor((8,), 1), tensor((8,), 2)
+    w_q, w_k = tensor((8, 8), 3), tensor((8, 8), 4)
+    with amp.autocast("bfloat16"):
+        h = F.layer_norm(x, g, b)  # float32, then feeding two matmuls
+        q, k = F.linear(h, w_q), F.linear(h, w_k)
+        q2 = F.linear(h, w_q)
+    assert linear_inputs(q)[0] is linear_inputs(k)[0] is linear_inputs(q2)[0]  # one bf16 copy of h, one graph node
+    assert linear_inputs(q)[1] is not linear_inputs(q2)[1]  # the weight's is redone: a step may change w in place
+    with amp.autocast("bfloat16"):
+        assert linear_inputs(F.linear(h, w_q))[0] is not linear_inputs(q)[0]  # a new block, new casts
+    (q + k + q2).sum().backward()
+    with_casts = host(x.grad)
+    x.grad = None
+    h = F.layer_norm(x, g, b)
+    (F.linear(h, w_q) + F.linear(h, w_k) + F.linear(h, w_q)).sum().backward()
+    # the shared cast node passes on the sum of its three consumers' gradients (to bf16's rounding)
+    np.testing.assert_allclose(with_casts, host(x.grad), atol=0.05 * np.abs(host(x.grad)).max())
+
+
+def test_a_gradient_arrives_in_the_dtype_of_the_tensor_it_belongs_to():
+    """float32 + bf16 is float32, so Add's backward hands both parents float32; the engine rounds the bf16 one's."""
+    seen = []
+
+    class Spy(minilora.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.copy()
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(grad.dtype)
+            return grad
+
+    import ml_dtypes
+    w = tensor((3,), 0)
+    low = Spy.apply(amp.Cast.apply(w, np.dtype(ml_dtypes.bfloat16)))  # a bf16 node with a float32 leaf behind it
+    (low + tensor((3,), 1, requires_grad=False)).sum().backward()
+    assert seen == [np.dtype(ml_dtypes.bfloat16)] and w.grad.dtype == np.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOW)
+def test_on_the_gpu_fused_kernels_read_16_bit_tensors_without_a_float32_copy(dtype):
+    from minilora.fused import FusedCrossEntropy, FusedGeluTanh, FusedScaledDotProductAttention
+
+    with backend.using_backend("cupy"):
+        x, w = tensor((2, 4, 16), 0), tensor((16, 16), 1)
+        with amp.autocast(dtype):
+            y = F.linear(x, w)  # 16-bit
+            h = F.gelu(y, approximate="tanh")
+            q = h.reshape(2, 1, 4, 16)
+            a = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+            loss = F.cross_entropy(a.reshape(8, 16), np.arange(8) % 16)
+        assert (h._fn, a._fn, loss._fn) == (FusedGeluTanh, FusedScaledDotProductAttention, FusedCrossEntropy)
+        assert h._parents[0] is y and h.dtype.name == dtype and a.dtype.name == dtype  # no Cast node between
+        assert loss.dtype == np.float32
+        with amp.autocast(dtype), minilora.reference_ops():
+            reference = F.cross_entropy(
+                F.scaled_dot_product_attention(q, q, q, is_causal=True).reshape(8, 16), np.arange(8) % 16)
+        assert float(loss.data) == pytest.approx(float(reference.data), rel=1e-2)  # the references run in float32
+        loss.backward()
+        assert x.grad.dtype == w.grad.dtype == np.float32 and np.isfinite(host(w.grad)).all()

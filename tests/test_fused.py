@@ -16,7 +16,7 @@ import minilora.functional as F
 from minilora import Tensor, backend, reference_ops
 from minilora.functional.attention import ScaledDotProductAttention
 from minilora.functional.elementwise import GeluTanh
-from minilora.functional.linalg import Linear
+from minilora.functional.linalg import Linear, MatMul
 from minilora.functional.norm import LayerNorm
 from minilora.functional.softmax import CrossEntropy, Softmax
 from minilora.testing import arrays, assert_gradcheck, maybe_non_contiguous, shapes
@@ -75,6 +75,16 @@ def linear_inputs(draw):
     return [x, draw(arrays((n_out, x.shape[-1]))), draw(arrays((n_out,)))], {}
 
 
+@st.composite
+def matmul_inputs(draw):
+    n, k, m = draw(st.integers(1, 4)), draw(st.integers(1, 5)), draw(st.integers(1, 4))
+    lead_a, lead_b = draw(st.sampled_from([((), (2,)), ((2, 3), (3,)), ((2, 1), (1, 2)), ((2,), ())]))
+    transpose_b = draw(st.booleans())  # b as the swapaxes view of a (..., m, k) array, as k^T in attention
+    a = draw(maybe_non_contiguous(arrays(lead_a + (n, k))))
+    b = draw(arrays(lead_b + ((m, k) if transpose_b else (k, m))))
+    return [a, b], {"transpose_b": transpose_b}
+
+
 CASES = {
     "softmax": (Softmax, softmax_inputs(), lambda fn, x, axis: fn.apply(x, axis=axis)),
     "layer_norm": (LayerNorm, layer_norm_inputs(), lambda fn, x, w, b: fn.apply(x, w, b, eps=1e-5)),
@@ -82,20 +92,24 @@ CASES = {
     "cross_entropy": (CrossEntropy, cross_entropy_inputs(), lambda fn, logits, targets, reduction: fn.apply(
         logits, backend.asarray(targets, like=logits.data), reduction=reduction)),
     "linear": (Linear, linear_inputs(), lambda fn, x, w, b: fn.apply(x, w, b)),
+    "matmul": (MatMul, matmul_inputs(), lambda fn, a, b, transpose_b: fn.apply(a, b.transpose(-2, -1) if transpose_b else b)),
     "attention": (ScaledDotProductAttention, attention_inputs(), lambda fn, q, k, v, causal: fn.apply(
         q, k, v, None, 1 / np.sqrt(q.shape[-1]), causal=causal)),
 }
 
 
-def output_and_grads(call, function, arrays, consts, dtype=np.float64):
-    """Run ``function`` (a Function class) on GPU copies of ``arrays`` and back-propagate a fixed cotangent."""
+def output_and_grads(call, function, arrays, consts, dtype=np.float64, cotangent_dtype=None):
+    """Run ``function`` (a Function class) on GPU copies of ``arrays`` and back-propagate a fixed cotangent.
+
+    The cotangent is drawn in float64 and rounded to ``cotangent_dtype`` (default: the output's dtype).
+    """
     import cupy
 
-    tensors = [Tensor._wrap(cupy.asarray(a, dtype=dtype)).requires_grad_(True) for a in arrays]
+    tensors = [Tensor._wrap(cupy.asarray(np.asarray(a).astype(dtype))).requires_grad_(True) for a in arrays]
     with reference_ops():  # Reference.apply would run the registered fast variant; under the switch each class runs itself
         out = call(function, *tensors, **consts)
-    cotangent = np.random.default_rng(0).standard_normal(out.shape)
-    out.backward(cupy.asarray(cotangent, dtype=dtype))
+    cotangent = np.random.default_rng(0).standard_normal(out.shape).astype(cotangent_dtype or out.dtype)
+    out.backward(cupy.asarray(cotangent.astype(out.dtype)))
     return backend.to_numpy(out.data), [backend.to_numpy(t.grad) for t in tensors]
 
 
@@ -140,6 +154,8 @@ MODEL_SIZES = {  # float32 at the sizes of a GPT-2 small step (fewer rows, to st
     "linear": ([np.random.default_rng(7).standard_normal((512, 768)), np.random.default_rng(8).standard_normal((768, 768)),
                 np.random.default_rng(9).standard_normal(768)], {}),
     "attention": ([np.random.default_rng(6).standard_normal((2, 12, 128, 64)) for _ in range(3)], {"causal": True}),
+    "matmul": ([np.random.default_rng(10).standard_normal((2, 12, 128, 64)),
+                np.random.default_rng(11).standard_normal((12, 128, 64))], {"transpose_b": True}),
 }
 
 
@@ -152,6 +168,39 @@ def test_fused_equals_reference_in_float32_at_model_sizes(name):
         ref = output_and_grads(call, reference, arrays_, consts, dtype=np.float32)
     assert fused[0].dtype == np.float32
     assert_same(fused, ref, rtol=2e-4, atol=1e-5)  # float32 rounding; the float64 test above is the tight one
+
+
+def half_dtypes():
+    import ml_dtypes
+    # a unit in the last place at 1: bf16 keeps 8 bits of mantissa, fp16 11
+    return [(np.dtype(ml_dtypes.bfloat16), 2.0 ** -7), (np.dtype(np.float16), 2.0 ** -10)]
+
+
+@pytest.mark.parametrize("half", [0, 1], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("name", CASES)
+def test_fused_kernels_take_16_bit_floats_and_compute_in_float32(name, half):
+    """Each kernel on bf16/fp16 inputs against the reference in float64 on the same rounded inputs.
+
+    The kernels read the 16-bit values, compute in float32 and round once when
+    they write; so each output and gradient is within a few units in the last
+    place of the largest value (tolerance: 8 ulps of the 16-bit dtype, relative
+    to the largest magnitude; a sum computed in the 16-bit type itself would
+    miss it by far more at these sizes).
+    """
+    dtype, ulp = half_dtypes()[half]
+    reference, _, call = CASES[name]
+    arrays_, consts = MODEL_SIZES[name]
+    rounded = [np.asarray(a).astype(dtype).astype(np.float64) for a in arrays_]
+    with backend.using_backend("cupy"):
+        fused = output_and_grads(call, fused_version(reference), rounded, consts, dtype=dtype)
+        exact = output_and_grads(call, reference, rounded, consts, dtype=np.float64, cotangent_dtype=dtype)
+    # the loss is a float32 sum whatever the logits' dtype (autocast's rule); everything else keeps the inputs' dtype
+    assert fused[0].dtype == (np.float32 if name == "cross_entropy" else dtype)
+    assert all(g.dtype == dtype for g in fused[1])
+    for got, expected, what in [(fused[0], exact[0], "output")] + [
+            (g, e, f"gradient {i}") for i, (g, e) in enumerate(zip(fused[1], exact[1]))]:
+        error = np.abs(got.astype(np.float64) - expected).max()
+        assert error <= 8 * ulp * np.abs(expected).max(), (name, what, error, np.abs(expected).max())
 
 
 def test_the_functional_ops_pick_each_backends_variants_and_the_references_under_reference_ops():

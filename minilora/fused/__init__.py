@@ -12,6 +12,7 @@ On the GPU (CuPy), kernels for the memory-bound ops:
     gelu.py           FusedGeluTanh                    one ElementwiseKernel each way
     cross_entropy.py  FusedCrossEntropy                keeps log-sum-exp per row, not log-softmax
     linear.py         RowSumLinear                     the bias gradient as a cuBLAS matrix-vector product
+                      BatchedMatMul                    batches of bf16 matrices through cuBLAS (backend.matmul)
     adamw.py          fused_adamw_update               AdamW's eleven array operations in one kernel
     dequantize.py     fused_dequantize_q4_1, _nf4      a 4-bit weight to float32 in one kernel (minilora.quant)
 
@@ -28,7 +29,7 @@ kernels compile on first use.
 from ..autograd import register_fast
 from ..functional.attention import ScaledDotProductAttention
 from ..functional.elementwise import GeluTanh
-from ..functional.linalg import Linear
+from ..functional.linalg import Linear, MatMul
 from ..functional.norm import LayerNorm
 from ..functional.softmax import CrossEntropy, Softmax
 from ..optim import adamw_update
@@ -40,7 +41,7 @@ from .cross_entropy import FusedCrossEntropy
 from .dequantize import fused_dequantize_nf4, fused_dequantize_q4_1
 from .gelu import FusedGeluTanh
 from .layer_norm import FusedLayerNorm
-from .linear import RowSumLinear
+from .linear import BatchedMatMul, RowSumLinear
 from .softmax import FusedSoftmax
 
 FUSED = {  # reference -> its CuPy variant
@@ -50,6 +51,7 @@ FUSED = {  # reference -> its CuPy variant
     GeluTanh: FusedGeluTanh,
     CrossEntropy: FusedCrossEntropy,
     Linear: RowSumLinear,
+    MatMul: BatchedMatMul,
     adamw_update: fused_adamw_update,
     q4_1.dequantize: fused_dequantize_q4_1,
     nf4.dequantize: fused_dequantize_nf4,
@@ -64,5 +66,5 @@ for _reference, _fast in CPU.items():
     register_fast(_reference, _fast, "numpy")
 
 __all__ = ["FUSED", "CPU", "InPlaceGeluTanh", "InPlaceScaledDotProductAttention", "FusedSoftmax", "FusedScaledDotProductAttention", "FusedLayerNorm", "FusedGeluTanh",
-           "FusedCrossEntropy", "RowSumLinear", "fused_adamw_update",
+           "FusedCrossEntropy", "RowSumLinear", "BatchedMatMul", "fused_adamw_update",
            "fused_dequantize_q4_1", "fused_dequantize_nf4"]

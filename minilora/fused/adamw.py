@@ -8,6 +8,7 @@ import functools
 import math
 
 from .. import backend
+from ..optim import adamw_update
 
 
 @functools.lru_cache(maxsize=None)
@@ -26,7 +27,9 @@ def _kernel():
 
 
 def fused_adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
-    """minilora.optim.adamw_update in one kernel, for CuPy arrays of one float dtype."""
+    """minilora.optim.adamw_update in one kernel, for CuPy arrays of float32 or float64 (16-bit weights: the reference)."""
+    if p.dtype.itemsize == 2:
+        return adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay)
     decay, step_size, bias2_sqrt = 1 - lr * weight_decay, lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t)
     dtype = p.dtype.type
     g = backend.array_module(p).asarray(g, dtype=p.dtype)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import backend
 from ..functional.attention import ScaledDotProductAttention
-from ._cuda import fusable, launch_rows, row_kernel
+from ._cuda import acc_scalar, fusable, launch_rows, compiled_kernel
 from .softmax import SOURCE as SOFTMAX_SOURCE
 
 SOURCE = r"""
@@ -19,18 +19,19 @@ SOURCE = r"""
 // Query t = row % queries is position t + (cols - queries) (the keys end with the queries, as with a KV cache),
 // so causally it sees keys 0 .. t + cols - queries.
 template <typename T>
-__global__ void attention_softmax_forward(T* scores, int rows, int cols, int queries, int causal, T scale) {
+__global__ void attention_softmax_forward(T* scores, int rows, int cols, int queries, int causal, acc_t<T> scale) {
+    using A = acc_t<T>;
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     scores += (long long)row * cols;
     int last = causal ? row % queries + cols - queries : cols - 1;  // the last key this query may see
-    T m = NEGATIVE_INFINITY;
-    for (int c = lane; c <= last; c += 32) m = fmax(m, scores[c] * scale);
+    A m = NEGATIVE_INFINITY;
+    for (int c = lane; c <= last; c += 32) m = fmax(m, to_acc(scores[c]) * scale);
     m = warp_max(m);
-    T s = 0;
-    for (int c = lane; c <= last; c += 32) s += exp(scores[c] * scale - m);
+    A s = 0;
+    for (int c = lane; c <= last; c += 32) s += exp(to_acc(scores[c]) * scale - m);
     s = warp_sum(s);
-    for (int c = lane; c < cols; c += 32) scores[c] = c <= last ? exp(scores[c] * scale - m) / s : (T)0;
+    for (int c = lane; c < cols; c += 32) scores[c] = from_acc<T>(c <= last ? exp(to_acc(scores[c]) * scale - m) / s : (A)0);
 }
 """
 
@@ -39,22 +40,26 @@ class FusedScaledDotProductAttention(ScaledDotProductAttention):
     """The reference's inputs. The kernel knows only the causal mask: a user's mask (``allowed``) takes the reference path."""
 
     @staticmethod
+    def runs_fused(q, k, v, allowed, scale, causal=False):
+        return fusable(q, k, v) and allowed is None
+
+    @staticmethod
     def forward(ctx, q, k, v, allowed, scale, causal=False):
-        ctx.fused = fusable(q, k, v) and allowed is None
+        ctx.fused = FusedScaledDotProductAttention.runs_fused(q, k, v, allowed, scale, causal)
         if not ctx.fused:
             return ScaledDotProductAttention.forward(ctx, q, k, v, allowed, scale, causal)
         T, S = q.shape[-2], k.shape[-2]
         # 1. scores = q k^T (cuBLAS writes a fresh contiguous array)
-        scores = backend.array_module(q).ascontiguousarray(q @ k.swapaxes(-1, -2))  # (B, H, T, S)
+        scores = backend.matmul(q, k.swapaxes(-1, -2))  # (B, H, T, S)
         rows = scores.size // S if S else 0
         # 2.+3. scale, mask and softmax in place
-        kernel = row_kernel(SOURCE, "attention_softmax_forward", q.dtype)
+        kernel = compiled_kernel(SOURCE, "attention_softmax_forward", q.dtype)
         launch_rows(kernel, rows, scores, np.int32(rows), np.int32(S), np.int32(T), np.int32(causal),
-                    q.dtype.type(scale))
+                    acc_scalar(q.dtype, scale))
         probs = scores
         ctx.q, ctx.k, ctx.v, ctx.probs, ctx.scale = q, k, v, probs, scale
         # 4. weighted sum of values
-        return probs @ v  # (B, H, T, D)
+        return backend.matmul(probs, v)  # (B, H, T, D)
 
     @staticmethod
     def backward(ctx, grad):
@@ -64,13 +69,14 @@ class FusedScaledDotProductAttention(ScaledDotProductAttention):
         q, k, v, probs = ctx.q, ctx.k, ctx.v, ctx.probs
         # 4. out = P v  =>  dP = dout v^T, dv = P^T dout. CuPy would copy a transposed (T, S) operand
         # first (as long as the product itself), so P^T dout is taken as (dout^T P)^T: only the small one moves.
-        dprobs = cupy.ascontiguousarray(grad @ v.swapaxes(-1, -2))  # (B, H, T, S)
-        dv = (grad.swapaxes(-1, -2) @ probs).swapaxes(-1, -2)  # (B, H, S, D)
+        dprobs = cupy.ascontiguousarray(backend.matmul(grad, v.swapaxes(-1, -2)))  # (B, H, T, S)
+        dv = backend.matmul(grad.swapaxes(-1, -2), probs).swapaxes(-1, -2)  # (B, H, S, D)
         # 3.+2. P = softmax(scale scores)  =>  dscores = scale P (dP - sum(dP P)), in dP's buffer.
         # Hidden keys have P = 0, so their dscores is 0 with no test.
         rows, S = probs.size // probs.shape[-1], probs.shape[-1]
-        kernel = row_kernel(SOFTMAX_SOURCE, "softmax_backward", probs.dtype)
-        launch_rows(kernel, rows, probs, dprobs, dprobs, np.int32(rows), np.int32(S), probs.dtype.type(ctx.scale))
+        kernel = compiled_kernel(SOFTMAX_SOURCE, "softmax_backward", probs.dtype)
+        launch_rows(kernel, rows, probs, dprobs, dprobs, np.int32(rows), np.int32(S), acc_scalar(probs.dtype, ctx.scale))
         dscores = dprobs
         # 1. scores = q k^T  =>  dq = dscores k, dk = dscores^T q = (q^T dscores)^T (the scale is already in dscores)
-        return dscores @ k, (q.swapaxes(-1, -2) @ dscores).swapaxes(-1, -2), dv, None, None, None
+        dq, dk = backend.matmul(dscores, k), backend.matmul(q.swapaxes(-1, -2), dscores).swapaxes(-1, -2)
+        return dq, dk, dv, None, None, None

@@ -9,27 +9,28 @@ import numpy as np
 
 from .. import backend
 from ..functional.norm import LayerNorm
-from ._cuda import fusable, launch_rows, row_kernel
+from ._cuda import acc_dtype, acc_scalar, fusable, launch_rows, compiled_kernel
 
 SOURCE = r"""
 template <typename T>
-__global__ void layer_norm_forward(const T* x, const T* weight, const T* bias, T* y, T* mean_out, T* rstd_out,
-                                   int rows, int cols, T eps, int has_weight, int has_bias) {
+__global__ void layer_norm_forward(const T* x, const T* weight, const T* bias, T* y, acc_t<T>* mean_out,
+                                   acc_t<T>* rstd_out, int rows, int cols, acc_t<T> eps, int has_weight, int has_bias) {
+    using A = acc_t<T>;
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     x += (long long)row * cols;
     y += (long long)row * cols;
     // 1. statistics over the row, in two passes as the reference: the variance of x - mean
-    T sum = 0;
-    for (int c = lane; c < cols; c += 32) sum += x[c];
-    T mean = warp_sum(sum) / cols;
-    T squares = 0;
-    for (int c = lane; c < cols; c += 32) squares += (x[c] - mean) * (x[c] - mean);
-    T rstd = 1 / sqrt(warp_sum(squares) / cols + eps);
+    A sum = 0;
+    for (int c = lane; c < cols; c += 32) sum += to_acc(x[c]);
+    A mean = warp_sum(sum) / cols;
+    A squares = 0;
+    for (int c = lane; c < cols; c += 32) squares += (to_acc(x[c]) - mean) * (to_acc(x[c]) - mean);
+    A rstd = 1 / sqrt(warp_sum(squares) / cols + eps);
     // 2. normalise, 3. scale and shift
     for (int c = lane; c < cols; c += 32) {
-        T xhat = (x[c] - mean) * rstd;
-        y[c] = (has_weight ? xhat * weight[c] : xhat) + (has_bias ? bias[c] : (T)0);
+        A xhat = (to_acc(x[c]) - mean) * rstd;
+        y[c] = from_acc<T>((has_weight ? xhat * to_acc(weight[c]) : xhat) + (has_bias ? to_acc(bias[c]) : (A)0));
     }
     if (lane == 0) { mean_out[row] = mean; rstd_out[row] = rstd; }
 }
@@ -37,25 +38,26 @@ __global__ void layer_norm_forward(const T* x, const T* weight, const T* bias, T
 // y = xhat w + b, xhat = (x - mean) rstd  =>  dxhat = dy w, dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
 // dweight = sum over rows of dy xhat: written out per element (dy_xhat) when wanted, summed by a matmul
 template <typename T>
-__global__ void layer_norm_backward(const T* x, const T* weight, const T* mean_in, const T* rstd_in, const T* dy,
-                                    T* dx, T* dy_xhat, int rows, int cols, int has_weight, int want_dy_xhat) {
+__global__ void layer_norm_backward(const T* x, const T* weight, const acc_t<T>* mean_in, const acc_t<T>* rstd_in,
+                                    const T* dy, T* dx, T* dy_xhat, int rows, int cols, int has_weight, int want_dy_xhat) {
+    using A = acc_t<T>;
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     long long start = (long long)row * cols;
-    T mean = mean_in[row], rstd = rstd_in[row];
-    T dxhat_sum = 0, dxhat_xhat_sum = 0;
+    A mean = mean_in[row], rstd = rstd_in[row];
+    A dxhat_sum = 0, dxhat_xhat_sum = 0;
     for (int c = lane; c < cols; c += 32) {
-        T xhat = (x[start + c] - mean) * rstd;
-        T dxhat = has_weight ? dy[start + c] * weight[c] : dy[start + c];
+        A xhat = (to_acc(x[start + c]) - mean) * rstd;
+        A dxhat = has_weight ? to_acc(dy[start + c]) * to_acc(weight[c]) : to_acc(dy[start + c]);
         dxhat_sum += dxhat;
         dxhat_xhat_sum += dxhat * xhat;
     }
-    T dxhat_mean = warp_sum(dxhat_sum) / cols, dxhat_xhat_mean = warp_sum(dxhat_xhat_sum) / cols;
+    A dxhat_mean = warp_sum(dxhat_sum) / cols, dxhat_xhat_mean = warp_sum(dxhat_xhat_sum) / cols;
     for (int c = lane; c < cols; c += 32) {
-        T xhat = (x[start + c] - mean) * rstd;
-        T dxhat = has_weight ? dy[start + c] * weight[c] : dy[start + c];
-        dx[start + c] = rstd * (dxhat - dxhat_mean - xhat * dxhat_xhat_mean);
-        if (want_dy_xhat) dy_xhat[start + c] = dy[start + c] * xhat;
+        A xhat = (to_acc(x[start + c]) - mean) * rstd;
+        A dxhat = has_weight ? to_acc(dy[start + c]) * to_acc(weight[c]) : to_acc(dy[start + c]);
+        dx[start + c] = from_acc<T>(rstd * (dxhat - dxhat_mean - xhat * dxhat_xhat_mean));
+        if (want_dy_xhat) dy_xhat[start + c] = from_acc<T>(to_acc(dy[start + c]) * xhat);
     }
 }
 """
@@ -65,8 +67,12 @@ class FusedLayerNorm(LayerNorm):
     """LayerNorm with the kernels above; other dtypes take the reference path."""
 
     @staticmethod
+    def runs_fused(x, weight, bias, eps=1e-5):
+        return fusable(x, *(p for p in (weight, bias) if p is not None)) and x.ndim > 0
+
+    @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
-        ctx.fused = fusable(x, *(p for p in (weight, bias) if p is not None)) and x.ndim > 0
+        ctx.fused = FusedLayerNorm.runs_fused(x, weight, bias, eps)
         if not ctx.fused:
             return LayerNorm.forward(ctx, x, weight, bias, eps)
         cupy = backend.array_module(x)
@@ -74,10 +80,10 @@ class FusedLayerNorm(LayerNorm):
         x2 = cupy.ascontiguousarray(x).reshape(-1, cols)  # (N, C)
         rows = x2.shape[0]
         y = cupy.empty_like(x2)
-        mean, rstd = cupy.empty(rows, dtype=x.dtype), cupy.empty(rows, dtype=x.dtype)  # (N,) each
-        kernel = row_kernel(SOURCE, "layer_norm_forward", x.dtype)
+        mean, rstd = cupy.empty(rows, dtype=acc_dtype(x.dtype)), cupy.empty(rows, dtype=acc_dtype(x.dtype))  # (N,) each
+        kernel = compiled_kernel(SOURCE, "layer_norm_forward", x.dtype)
         launch_rows(kernel, rows, x2, x2 if weight is None else weight, x2 if bias is None else bias, y, mean, rstd,
-                    np.int32(rows), np.int32(cols), x.dtype.type(eps), np.int32(weight is not None), np.int32(bias is not None))
+                    np.int32(rows), np.int32(cols), acc_scalar(x.dtype, eps), np.int32(weight is not None), np.int32(bias is not None))
         ctx.x2, ctx.mean, ctx.rstd, ctx.weight, ctx.shape = x2, mean, rstd, weight, x.shape
         return y.reshape(x.shape)
 
@@ -93,7 +99,7 @@ class FusedLayerNorm(LayerNorm):
         want_dweight = ctx.needs_input_grad[1]
         dx = cupy.empty_like(x2)  # (N, C), written even when x needs no gradient: the kernel also makes dy xhat
         dy_xhat = cupy.empty_like(x2) if want_dweight else dx  # (N, C)
-        kernel = row_kernel(SOURCE, "layer_norm_backward", x2.dtype)
+        kernel = compiled_kernel(SOURCE, "layer_norm_backward", x2.dtype)
         launch_rows(kernel, rows, x2, x2 if weight is None else weight, mean, rstd, dy, dx, dy_xhat,
                     np.int32(rows), np.int32(cols), np.int32(weight is not None), np.int32(want_dweight))
         dweight = backend.sum_over_rows(dy_xhat) if want_dweight else None
