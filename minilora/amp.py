@@ -223,12 +223,13 @@ class GradScaler:
         if not self.enabled or self._unscaled is optimizer:
             return
         inverse = 1.0 / self.scale_value
-        finite = True
-        for p in optimizer.params:
-            if p.grad is not None:
-                p.grad *= inverse
-                finite = finite and bool(backend.array_module(p.grad).isfinite(p.grad).all())
-        self._unscaled, self._found_inf = optimizer, not finite
+        grads = [p.grad for p in optimizer.params if p.grad is not None]
+        all_finite = True
+        for g in grads:
+            g *= inverse
+            all_finite = all_finite & backend.array_module(g).isfinite(g).all()  # on the device: no wait per weight
+        # one wait for the GPU per step, here: whether to step is a decision the host has to make
+        self._unscaled, self._found_inf = optimizer, not bool(all_finite)
 
     def step(self, optimizer):
         """optimizer.step() if every gradient is finite; returns whether it stepped."""

@@ -6,6 +6,8 @@ backends itself and puts the global choice back, so the file runs the same under
 MINILORA_BACKEND=numpy or cupy.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,42 @@ def test_scatter_add_accumulates_repeated_indices_in_float64_on_the_gpu():
         weight = Tensor(np.zeros((4, 5)), requires_grad=True)
         F.embedding(ids, weight).backward(values)
         np.testing.assert_allclose(backend.to_numpy(weight.grad), expected, rtol=1e-14, atol=1e-14)
+
+
+def autocast_run(name, dtype):
+    """10 AdamW steps of the small GPT (dropout off) under autocast on backend ``name``: the losses, the weights' moves."""
+    from minilora import amp
+
+    with using(name):
+        model = GPT(dataclasses.replace(CONFIG, dropout=0.0))
+        start = [p.numpy().copy() for p in model.parameters()]
+        opt = AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+        scaler = amp.GradScaler(init_scale=2.0 ** 10, enabled=dtype == "float16")
+        losses = []
+        for batch in BATCHES[:10]:
+            with amp.autocast(dtype):
+                _, loss = model(batch[:, :-1], batch[:, 1:])
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+            losses.append(float(backend.to_numpy(loss.data)))
+        moves = np.concatenate([(p.numpy() - p0).ravel() for p, p0 in zip(model.parameters(), start)])
+        return np.array(losses), moves
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_autocast_trains_alike_on_numpy_and_cupy(dtype):
+    """The GPU's fused kernels (16-bit inputs, float32 arithmetic) against NumPy's references (float32 inputs).
+
+    Both round every matmul output to the 16-bit dtype; they differ where the GPU
+    also keeps the attention probabilities and GELU's output in 16 bits. So the
+    losses agree to a few ulps of bf16 (8 bits: 0.4 %), not to float32's 1e-4, and
+    the weights move the same way (AdamW's sign-like steps differ where a gradient is near 0).
+    """
+    cpu, cpu_moves = autocast_run("numpy", dtype)
+    gpu, gpu_moves = autocast_run("cupy", dtype)
+    assert cpu[-1] < cpu[0]
+    np.testing.assert_allclose(gpu, cpu, rtol=2e-2)
+    cosine = cpu_moves @ gpu_moves / (np.linalg.norm(cpu_moves) * np.linalg.norm(gpu_moves))
+    assert cosine > 0.9, cosine
