@@ -2,12 +2,18 @@
 
 Every Function's forward and backward is bracketed by two CUDA events, which
 the GPU records when it reaches them in stream order, so the time between them
-is that op's kernels alone, without making the host wait. The step is read
-back once at the end. "AdamW.step" is the optimizer; "rest" is what no event
-covers (zero_grad, the autograd engine's gradient sums, gaps where the GPU
-waited for the host).
+is that op's kernels plus any gap where the GPU waited for the host. The step
+is read back once at the end. "AdamW.step" is the optimizer; "rest" is what no
+event covers (zero_grad, the autograd engine's gradient sums).
 
-    python bench/profile_gpu_step.py [--mode full|lora] [--precision fp32|bf16|fp16] [--tf32] [--layers 12]
+When the host cannot queue kernels as fast as the GPU runs them (a "host
+queued it in" time as long as the GPU's), those gaps fill the table. So it
+first times a plain step both ways (how long the host takes to queue it, how
+long until the GPU is done), and --kernels lists the GPU's own time per kernel,
+read by torch.profiler (CUPTI sees CuPy's kernels too; needs torch).
+
+    python bench/profile_gpu_step.py [--mode full|lora] [--precision fp32|bf16|fp16] [--half-base] [--kernels]
+                                     [--tf32] [--layers 12]
 """
 import argparse
 import collections
@@ -20,6 +26,8 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("--mode", choices=["full", "lora"], default="lora")
 parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                     help="bf16/fp16: the step of bench_gpu_step.py --precision, under minilora.amp.autocast")
+parser.add_argument("--half-base", action="store_true", help="lora: the frozen W0 in the autocast dtype (cast_frozen)")
+parser.add_argument("--kernels", action="store_true", help="also list GPU time per kernel (torch.profiler)")
 parser.add_argument("--tf32", action="store_true")
 parser.add_argument("--layers", type=int, default=12)
 args = parser.parse_args()
@@ -28,11 +36,11 @@ os.environ["CUPY_TF32"] = "1" if args.tf32 else "0"  # read once, when CuPy is i
 import cupy  # noqa: E402
 
 import minilora  # noqa: E402
-from minilora import backend  # noqa: E402
+from minilora import amp, backend  # noqa: E402
 from minilora.autograd import Function  # noqa: E402
 from minilora.lora import LoraConfig, get_peft_model  # noqa: E402
 from minilora.models import GPT, GPTConfig  # noqa: E402
-from steps import minilora_training_step  # noqa: E402
+from steps import LOW_PRECISION, minilora_training_step  # noqa: E402
 
 minilora.set_backend("cupy")
 spans = []  # (label, start event, end event)
@@ -58,12 +66,31 @@ def all_functions(cls):
 model = GPT(GPTConfig(n_layer=args.layers, dropout=0.0))
 if args.mode == "lora":
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q", "v"]))
+    if args.half_base and args.precision != "fp32":
+        amp.cast_frozen(model, LOW_PRECISION[args.precision])
 rng = np.random.default_rng(0)
 idx, targets = (rng.integers(0, 50257, size=(8, 512)) for _ in range(2))  # (B, T) each
 step, opt = minilora_training_step(model, idx, targets, precision=args.precision)
 
 for _ in range(3):
     step()
+backend.synchronize()
+queued, done = [], []
+for _ in range(5):
+    start = time.perf_counter()
+    step()
+    queued.append(time.perf_counter() - start)
+    backend.synchronize()
+    done.append(time.perf_counter() - start)
+print(f"a plain step: the host queues it in {1000 * np.median(queued):.1f} ms, the GPU is done after "
+      f"{1000 * np.median(done):.1f} ms (median of 5)")
+if args.kernels:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as kernels:
+        step()
+        backend.synchronize()
+    print(kernels.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
 for fn in set(all_functions(Function)):
     if "forward" in vars(fn):
         fn.forward = staticmethod(timed(f"{fn.__name__}.forward", vars(fn)["forward"].__func__))
