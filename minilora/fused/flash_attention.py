@@ -31,11 +31,11 @@ Backward, for the key tile j, over query tiles i (P_ij = exp(S_ij - lse_i)):
     dK_j += scale dS_ij^T Q_i
     dQ_i += scale dS_ij K_j                  (float32 atomics, see below)
 
-Numerics: the matmuls run on tensor cores (nvcuda::wmma 16x16x16 fragments in
-the input dtype, float32 accumulators); the softmax statistics m, l, the output
-accumulator O and dK, dV accumulate in float32. P and dS are rounded to the input
-dtype before they enter a matmul, as in FlashAttention: the one rounding that
-differs from a float32 softmax.
+Numerics: the matmuls run on tensor cores (PTX mma.sync m16n8k16 in the input
+dtype with float32 accumulators); the softmax statistics m, l, the output
+accumulator O and dK, dV, dQ accumulate in float32, in registers. P and dS are
+rounded to the input dtype before they enter a matmul, as in FlashAttention:
+the one rounding that differs from a float32 softmax.
 """
 import functools
 
@@ -48,12 +48,10 @@ THREADS = 128
 SOURCE = r"""
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
-#include <mma.h>
-using namespace nvcuda;
 
 #define NEGATIVE_INFINITY __int_as_float(0xff800000)
 constexpr int TILE = 64, THREADS = 128;
-constexpr int LDP = TILE + 8;  // row stride of a half TILE x TILE tile: the padding spreads wmma's rows over the banks
+constexpr int LDP = TILE + 8;  // row stride of a TILE x TILE tile in T: the padding spreads a fragment's rows over the banks
 
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -65,19 +63,96 @@ __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffff, v, offset);
     return v;
 }
-__device__ __forceinline__ float warp_max(float v) {
-    for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, offset));
-    return v;
+// over the 4 lanes that hold one row of an accumulator (lanes 4 g .. 4 g + 3)
+__device__ __forceinline__ float row_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffff, v, 2));
+}
+__device__ __forceinline__ float row_sum(float v) {
+    v += __shfl_xor_sync(0xffffffff, v, 1);
+    return v + __shfl_xor_sync(0xffffffff, v, 2);
 }
 
-template <typename T> using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
-template <typename T> using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major>;
-template <typename T> using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major>;
-template <typename T> using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
-using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+// Tensor cores through PTX's mma.sync.m16n8k16 (CUDA's pip wheels, which CuPy compiles against, lack <mma.h>).
+// Its lane layout (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with g = lane / 4 and c = 2 (lane % 4):
+//   A (16 x 16, in T):    x[0] = A[g][c, c+1], x[1] = A[g+8][c, c+1], x[2] = A[g][c+8, c+9], x[3] = A[g+8][c+8, c+9]
+//   B (16 x 8, in T):     B[c, c+1][g] and B[c+8, c+9][g]
+//   C (16 x 8, float32):  C[g][c, c+1] and C[g+8][c, c+1]
+// A 16 x 16 product is two of them, side by side. Since the layout is known, a lane knows which rows it holds:
+// the softmax runs on the accumulators in registers, and a C tile of P is already the A operand of P V.
+struct FragA { unsigned x[4]; };  // 16 x 16 left operand, two values of T per register
+struct FragB { unsigned x[4]; };  // 16 x 16 right operand: x[0..1] for columns 0..7, x[2..3] for columns 8..15
+struct Acc { float x[8]; };       // 16 x 16 float32: x[e] is row g + 8 ((e / 2) % 2), column 8 (e / 4) + c + e % 2
+
+template <typename T> struct Mma;
+template <> struct Mma<__half> {
+    static __device__ __forceinline__ void run(float* d, const unsigned* a, const unsigned* b) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+    static __device__ __forceinline__ unsigned pack(float lo, float hi) {
+        __half2 v = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<unsigned*>(&v);
+    }
+};
+template <> struct Mma<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float* d, const unsigned* a, const unsigned* b) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+    static __device__ __forceinline__ unsigned pack(float lo, float hi) {
+        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<unsigned*>(&v);
+    }
+};
+
+// acc += a b
+template <typename T> __device__ __forceinline__ void mma(Acc& acc, const FragA& a, const FragB& b) {
+    Mma<T>::run(acc.x, a.x, b.x);
+    Mma<T>::run(acc.x + 4, a.x, b.x + 2);
+}
+__device__ __forceinline__ void fill(Acc& acc, float value) {
+    for (int e = 0; e < 8; ++e) acc.x[e] = value;
+}
+// An Acc's values, each rounded to T, as the A operand of the next product (its C layout is A's layout).
+template <typename T> __device__ __forceinline__ FragA as_operand(const float* x) {
+    return FragA{{Mma<T>::pack(x[0], x[1]), Mma<T>::pack(x[2], x[3]), Mma<T>::pack(x[4], x[5]), Mma<T>::pack(x[6], x[7])}};
+}
+
+__device__ __forceinline__ unsigned pair(const unsigned short* p, int i, int j) { return p[i] | ((unsigned)p[j] << 16); }
+__device__ __forceinline__ unsigned word(const unsigned short* p, int i) { return *reinterpret_cast<const unsigned*>(p + i); }
+
+// A[m][k] = tile[m * ld + k]
+template <typename T> __device__ __forceinline__ FragA load_a(const T* tile, int ld) {
+    const unsigned short* p = reinterpret_cast<const unsigned short*>(tile);
+    const int g = threadIdx.x % 32 / 4, c = 2 * (threadIdx.x % 4);
+    return FragA{{word(p, g * ld + c), word(p, (g + 8) * ld + c), word(p, g * ld + c + 8), word(p, (g + 8) * ld + c + 8)}};
+}
+// A[m][k] = tile[k * ld + m]: A stored transposed
+template <typename T> __device__ __forceinline__ FragA load_a_transposed(const T* tile, int ld) {
+    const unsigned short* p = reinterpret_cast<const unsigned short*>(tile);
+    const int g = threadIdx.x % 32 / 4, c = 2 * (threadIdx.x % 4);
+    return FragA{{pair(p, c * ld + g, (c + 1) * ld + g), pair(p, c * ld + g + 8, (c + 1) * ld + g + 8),
+                  pair(p, (c + 8) * ld + g, (c + 9) * ld + g), pair(p, (c + 8) * ld + g + 8, (c + 9) * ld + g + 8)}};
+}
+// B[k][n] = tile[k * ld + n]
+template <typename T> __device__ __forceinline__ FragB load_b(const T* tile, int ld) {
+    const unsigned short* p = reinterpret_cast<const unsigned short*>(tile);
+    const int g = threadIdx.x % 32 / 4, c = 2 * (threadIdx.x % 4);
+    return FragB{{pair(p, c * ld + g, (c + 1) * ld + g), pair(p, (c + 8) * ld + g, (c + 9) * ld + g),
+                  pair(p, c * ld + g + 8, (c + 1) * ld + g + 8), pair(p, (c + 8) * ld + g + 8, (c + 9) * ld + g + 8)}};
+}
+// B[k][n] = tile[n * ld + k]: B stored transposed, as K is for Q K^T
+template <typename T> __device__ __forceinline__ FragB load_b_transposed(const T* tile, int ld) {
+    const unsigned short* p = reinterpret_cast<const unsigned short*>(tile);
+    const int g = threadIdx.x % 32 / 4, c = 2 * (threadIdx.x % 4);
+    return FragB{{word(p, g * ld + c), word(p, g * ld + c + 8), word(p, (g + 8) * ld + c), word(p, (g + 8) * ld + c + 8)}};
+}
 
 // Rows row0 .. row0 + TILE - 1 of a (rows, D) matrix into shared memory (row stride D + 8), 16 bytes per load.
-// Rows past the end are zeros: a NaN there would survive 0 * NaN in the next matmul.
+// Rows past the end are zeros: a NaN there would survive 0 * NaN in the next product.
 template <typename T, int D>
 __device__ void load_tile(T* tile, const T* src, int row0, int rows) {
     constexpr int PER_ROW = D / 8;
@@ -89,36 +164,33 @@ __device__ void load_tile(T* tile, const T* src, int row0, int rows) {
     }
 }
 
-// grid (ceil(T / TILE), B * H), THREADS threads; warp w owns queries q0 + 16 w .. q0 + 16 w + 15.
-// Shared memory: q, k, v tiles (TILE x (D + 8)), P (TILE x LDP) in T; S (TILE x (TILE + 4)), O (TILE x (D + 4)),
-// m, l, alpha (TILE each) in float.
+// grid (ceil(T / TILE), B * H), THREADS threads; warp w owns queries q0 + 16 w .. q0 + 16 w + 15, and a lane
+// the rows g and g + 8 of those (i = 0, 1 below). Shared memory: the q, k, v tiles (TILE x (D + 8) each, in T).
 template <typename T, int D>
 __global__ void __launch_bounds__(THREADS) flash_forward(
         const T* q, const T* k, const T* v, T* out, float* lse, int queries, int keys, float scale, int causal) {
-    constexpr int LDH = D + 8, LDS = TILE + 4, LDO = D + 4;
+    constexpr int LDH = D + 8;
     extern __shared__ __align__(128) unsigned char smem[];
     T* q_s = reinterpret_cast<T*>(smem);
     T* k_s = q_s + TILE * LDH;
     T* v_s = k_s + TILE * LDH;
-    T* p_s = v_s + TILE * LDH;
-    float* s_s = reinterpret_cast<float*>(p_s + TILE * LDP);
-    float* o_s = s_s + TILE * LDS;
-    float* m_s = o_s + TILE * LDO;
-    float* l_s = m_s + TILE;
-    float* alpha_s = l_s + TILE;
 
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, q0 = blockIdx.x * TILE, offset = keys - queries;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = 2 * (lane % 4);
+    const int q0 = blockIdx.x * TILE, offset = keys - queries;
     const long long bh = blockIdx.y;
     q += bh * queries * D; out += bh * queries * D; lse += bh * queries;
     k += bh * keys * D; v += bh * keys * D;
 
     load_tile<T, D>(q_s, q, q0, queries);
-    for (int i = threadIdx.x; i < TILE * LDO; i += THREADS) o_s[i] = 0.f;
-    if (threadIdx.x < TILE) { m_s[threadIdx.x] = NEGATIVE_INFINITY; l_s[threadIdx.x] = 0.f; }
     __syncthreads();
-    FragA<T> q_frag[D / 16];  // this warp's 16 queries stay in registers for the whole walk
+    FragA q_frag[D / 16];  // this warp's 16 queries stay in registers for the whole walk
     #pragma unroll
-    for (int d = 0; d < D / 16; ++d) wmma::load_matrix_sync(q_frag[d], q_s + warp * 16 * LDH + d * 16, LDH);
+    for (int d = 0; d < D / 16; ++d) q_frag[d] = load_a(q_s + warp * 16 * LDH + d * 16, LDH);
+    const int t[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    float m[2] = {NEGATIVE_INFINITY, NEGATIVE_INFINITY}, l[2] = {0.f, 0.f};
+    Acc o[D / 16];
+    #pragma unroll
+    for (int n = 0; n < D / 16; ++n) fill(o[n], 0.f);
 
     // causally, the block's last query q0 + TILE - 1 sees keys up to q0 + TILE - 1 + offset: later tiles are skipped
     const int end = causal ? min(keys, q0 + TILE + offset) : keys;
@@ -127,76 +199,69 @@ __global__ void __launch_bounds__(THREADS) flash_forward(
         load_tile<T, D>(k_s, k, k0, keys);
         load_tile<T, D>(v_s, v, k0, keys);
         __syncthreads();
-        // S_ij = Q_i K_j^T for this warp's 16 rows (the scale comes with the mask, below)
+        // S_ij = scale Q_i K_j^T (K^T as the B operand is K's rows: no transpose is written), masked
+        Acc s[TILE / 16];
+        float tile_max[2] = {NEGATIVE_INFINITY, NEGATIVE_INFINITY};
+        #pragma unroll
         for (int n = 0; n < TILE / 16; ++n) {
-            Acc acc;
-            wmma::fill_fragment(acc, 0.f);
+            fill(s[n], 0.f);
             #pragma unroll
-            for (int d = 0; d < D / 16; ++d) {
-                FragBT<T> k_frag;  // K^T as a column-major matrix_b is K row-major: no transpose is written
-                wmma::load_matrix_sync(k_frag, k_s + n * 16 * LDH + d * 16, LDH);
-                wmma::mma_sync(acc, q_frag[d], k_frag, acc);
-            }
-            wmma::store_matrix_sync(s_s + warp * 16 * LDS + n * 16, acc, LDS, wmma::mem_row_major);
-        }
-        __syncwarp();
-        // The online softmax, one row at a time with the 32 lanes across its keys.
-        for (int r = 0; r < 16; ++r) {
-            const int row = warp * 16 + r, t = q0 + row;
-            float s[TILE / 32], tile_max = NEGATIVE_INFINITY;
-            for (int j = 0; j < TILE / 32; ++j) {
-                const int c = lane + 32 * j, key = k0 + c;
-                const bool visible = key < keys && (!causal || key <= t + offset);
-                s[j] = visible ? s_s[row * LDS + c] * scale : NEGATIVE_INFINITY;
-                tile_max = fmaxf(tile_max, s[j]);
-            }
-            const float m_old = m_s[row], m_new = fmaxf(m_old, warp_max(tile_max));
-            // A row that has seen no key yet has m = -inf: subtracting 0 instead keeps exp(-inf) = 0, never NaN.
-            const float base = m_new == NEGATIVE_INFINITY ? 0.f : m_new;
-            float sum = 0.f;
-            for (int j = 0; j < TILE / 32; ++j) {
-                const float p = __expf(s[j] - base);
-                sum += p;
-                p_s[row * LDP + lane + 32 * j] = from_float<T>(p);
-            }
-            sum = warp_sum(sum);
-            __syncwarp();  // every lane has read m_s[row] before lane 0 moves it
-            if (lane == 0) {
-                const float alpha = __expf(m_old - base);
-                m_s[row] = m_new;
-                l_s[row] = l_s[row] * alpha + sum;
-                alpha_s[row] = alpha;
+            for (int d = 0; d < D / 16; ++d) mma<T>(s[n], q_frag[d], load_b_transposed(k_s + n * 16 * LDH + d * 16, LDH));
+            #pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const int i = e / 2 % 2, key = k0 + 16 * n + 8 * (e / 4) + c + e % 2;
+                const bool visible = key < keys && (!causal || key <= t[i] + offset);
+                s[n].x[e] = visible ? s[n].x[e] * scale : NEGATIVE_INFINITY;
+                tile_max[i] = fmaxf(tile_max[i], s[n].x[e]);
             }
         }
-        __syncwarp();
-        // O = O alpha + P V. wmma hides which lane holds which row of a fragment, so O is rescaled in shared memory.
-        for (int i = lane; i < 16 * D; i += 32) o_s[(warp * 16 + i / D) * LDO + i % D] *= alpha_s[warp * 16 + i / D];
-        __syncwarp();
+        // m_new = max(m, rowmax(S_ij)); a row that has seen no key yet has m = -inf, and subtracting 0 instead
+        // keeps exp(-inf) = 0, never NaN
+        float base[2], alpha[2];
+        #pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const float m_new = fmaxf(m[i], row_max(tile_max[i]));
+            base[i] = m_new == NEGATIVE_INFINITY ? 0.f : m_new;
+            alpha[i] = __expf(m[i] - base[i]);
+            m[i] = m_new;
+        }
+        // P = exp(S_ij - m_new), rounded to T as the A operand of P V; l = l alpha + rowsum(P)
+        FragA p[TILE / 16];
+        float sum[2] = {0.f, 0.f};
+        #pragma unroll
+        for (int n = 0; n < TILE / 16; ++n) {
+            #pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                s[n].x[e] = __expf(s[n].x[e] - base[e / 2 % 2]);
+                sum[e / 2 % 2] += s[n].x[e];
+            }
+            p[n] = as_operand<T>(s[n].x);
+        }
+        #pragma unroll
+        for (int i = 0; i < 2; ++i) l[i] = l[i] * alpha[i] + row_sum(sum[i]);
+        // O = O alpha + P V_j
+        #pragma unroll
         for (int n = 0; n < D / 16; ++n) {
-            Acc acc;
-            wmma::load_matrix_sync(acc, o_s + warp * 16 * LDO + n * 16, LDO, wmma::mem_row_major);
-            for (int kk = 0; kk < TILE / 16; ++kk) {
-                FragA<T> p_frag;
-                FragB<T> v_frag;
-                wmma::load_matrix_sync(p_frag, p_s + warp * 16 * LDP + kk * 16, LDP);
-                wmma::load_matrix_sync(v_frag, v_s + kk * 16 * LDH + n * 16, LDH);
-                wmma::mma_sync(acc, p_frag, v_frag, acc);
-            }
-            wmma::store_matrix_sync(o_s + warp * 16 * LDO + n * 16, acc, LDO, wmma::mem_row_major);
+            #pragma unroll
+            for (int e = 0; e < 8; ++e) o[n].x[e] *= alpha[e / 2 % 2];
+            #pragma unroll
+            for (int kk = 0; kk < TILE / 16; ++kk) mma<T>(o[n], p[kk], load_b(v_s + kk * 16 * LDH + n * 16, LDH));
         }
     }
-    __syncwarp();
     // out = O / l, lse = m + log l (a row with no visible key: out 0, lse -inf; the caller rules those out)
-    for (int i = lane; i < 16 * D; i += 32) {
-        const int row = warp * 16 + i / D, t = q0 + row;
-        if (t < queries) {
-            const float l = l_s[row];
-            out[(long long)t * D + i % D] = from_float<T>(l > 0.f ? o_s[row * LDO + i % D] / l : 0.f);
-        }
-    }
-    if (lane < 16) {
-        const int row = warp * 16 + lane, t = q0 + row;
-        if (t < queries) lse[t] = l_s[row] > 0.f ? m_s[row] + logf(l_s[row]) : NEGATIVE_INFINITY;
+    #pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        if (t[i] >= queries) continue;
+        const float inverse = l[i] > 0.f ? 1.f / l[i] : 0.f;
+        #pragma unroll
+        for (int n = 0; n < D / 16; ++n)
+            #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int col = 16 * n + 8 * h + c;
+                *reinterpret_cast<unsigned*>(out + (long long)t[i] * D + col) =
+                    Mma<T>::pack(o[n].x[4 * h + 2 * i] * inverse, o[n].x[4 * h + 2 * i + 1] * inverse);
+            }
+        if (lane % 4 == 0) lse[t[i]] = l[i] > 0.f ? m[i] + logf(l[i]) : NEGATIVE_INFINITY;
     }
 }
 
@@ -212,49 +277,36 @@ __global__ void flash_backward_delta(const T* out, const T* dout, float* delta, 
     if (lane == 0) delta[row] = s;
 }
 
-// A warp's 16 x D float32 accumulators into rows row0 .. row0 + 15 of grad (rows past `rows` are dropped),
-// through the warp's own 16 rows of shared memory, since wmma hides which lane holds which element.
-template <typename T, int D>
-__device__ void store_rows(T* grad, Acc (&acc)[D / 16], float* scratch, int ld, int row0, int rows) {
-    #pragma unroll
-    for (int n = 0; n < D / 16; ++n) wmma::store_matrix_sync(scratch + n * 16, acc[n], ld, wmma::mem_row_major);
-    __syncwarp();
-    for (int i = threadIdx.x % 32; i < 16 * D; i += 32)
-        if (row0 + i / D < rows) grad[(long long)(row0 + i / D) * D + i % D] = from_float<T>(scratch[(i / D) * ld + i % D]);
-    __syncwarp();
-}
-
-// grid (ceil(S / TILE), B * H), THREADS threads; warp w owns keys k0 + 16 w .. k0 + 16 w + 15 and their dK, dV.
-// It works on transposed tiles (S^T = K Q^T: rows are keys), so that dK, dV are row blocks of a warp's own products.
-// Shared memory: k, v, q, dout tiles (TILE x (D + 8)), P^T and dS^T (TILE x LDP) in T; S^T (TILE x LDF), dP^T
-// (TILE x (TILE + 4)), lse and D (TILE each) in float.
+// grid (ceil(S / TILE), B * H), THREADS threads; warp w owns keys k0 + 16 w .. k0 + 16 w + 15 and their dK, dV,
+// a lane the keys g and g + 8 of those. It works on transposed tiles (S^T = K Q^T: rows are keys), so that
+// dK, dV are sums of a warp's own products, and P^T, dS^T come out of the accumulators as A operands.
+// Shared memory: the k, v, q, dout tiles (TILE x (D + 8)) and dS^T (TILE x LDP) in T; lse and D (TILE) in float.
 template <typename T, int D>
 __global__ void __launch_bounds__(THREADS) flash_backward(
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
         float* dq, T* dk, T* dv, int queries, int keys, float scale, int causal) {
-    constexpr int LDH = D + 8, LDF = (D > TILE ? D : TILE) + 4, LDS = TILE + 4;
+    constexpr int LDH = D + 8;
     extern __shared__ __align__(128) unsigned char smem[];
     T* k_s = reinterpret_cast<T*>(smem);
     T* v_s = k_s + TILE * LDH;
     T* q_s = v_s + TILE * LDH;
     T* do_s = q_s + TILE * LDH;
-    T* pt_s = do_s + TILE * LDH;
-    T* dst_s = pt_s + TILE * LDP;
-    float* s_s = reinterpret_cast<float*>(dst_s + TILE * LDP);  // S^T, then P^T, then dQ and dK, dV on their way out
-    float* dp_s = s_s + TILE * LDF;
-    float* lse_s = dp_s + TILE * LDS;
+    T* dst_s = do_s + TILE * LDH;
+    float* lse_s = reinterpret_cast<float*>(dst_s + TILE * LDP);
     float* delta_s = lse_s + TILE;
 
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, k0 = blockIdx.x * TILE, offset = keys - queries;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = 2 * (lane % 4);
+    const int k0 = blockIdx.x * TILE, offset = keys - queries;
     const long long bh = blockIdx.y;
     q += bh * queries * D; dout += bh * queries * D; dq += bh * queries * D; lse += bh * queries; delta += bh * queries;
     k += bh * keys * D; v += bh * keys * D; dk += bh * keys * D; dv += bh * keys * D;
 
     load_tile<T, D>(k_s, k, k0, keys);
     load_tile<T, D>(v_s, v, k0, keys);
+    const int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
     Acc dk_acc[D / 16], dv_acc[D / 16];
     #pragma unroll
-    for (int n = 0; n < D / 16; ++n) { wmma::fill_fragment(dk_acc[n], 0.f); wmma::fill_fragment(dv_acc[n], 0.f); }
+    for (int n = 0; n < D / 16; ++n) { fill(dk_acc[n], 0.f); fill(dv_acc[n], 0.f); }
 
     // causally, query t sees key k0 only if t + offset >= k0: earlier query tiles are skipped
     const int first = causal ? max(0, k0 - offset) / TILE * TILE : 0;
@@ -268,77 +320,77 @@ __global__ void __launch_bounds__(THREADS) flash_backward(
             delta_s[threadIdx.x] = t < queries ? delta[t] : 0.f;
         }
         __syncthreads();
-        // S^T = K_j Q_i^T and dP^T = V_j dout_i^T for this warp's 16 keys
+        FragA pt[TILE / 16], dst[TILE / 16];
+        #pragma unroll
         for (int n = 0; n < TILE / 16; ++n) {
-            Acc s_acc, dp_acc;
-            wmma::fill_fragment(s_acc, 0.f);
-            wmma::fill_fragment(dp_acc, 0.f);
+            // S^T = K_j Q_i^T and dP^T = V_j dout_i^T for this warp's 16 keys and 16 queries q0 + 16 n ..
+            Acc s, dp;
+            fill(s, 0.f);
+            fill(dp, 0.f);
+            #pragma unroll
             for (int d = 0; d < D / 16; ++d) {
-                FragA<T> k_frag, v_frag;
-                FragBT<T> q_frag, do_frag;
-                wmma::load_matrix_sync(k_frag, k_s + warp * 16 * LDH + d * 16, LDH);
-                wmma::load_matrix_sync(q_frag, q_s + n * 16 * LDH + d * 16, LDH);
-                wmma::mma_sync(s_acc, k_frag, q_frag, s_acc);
-                wmma::load_matrix_sync(v_frag, v_s + warp * 16 * LDH + d * 16, LDH);
-                wmma::load_matrix_sync(do_frag, do_s + n * 16 * LDH + d * 16, LDH);
-                wmma::mma_sync(dp_acc, v_frag, do_frag, dp_acc);
+                mma<T>(s, load_a(k_s + warp * 16 * LDH + d * 16, LDH), load_b_transposed(q_s + n * 16 * LDH + d * 16, LDH));
+                mma<T>(dp, load_a(v_s + warp * 16 * LDH + d * 16, LDH), load_b_transposed(do_s + n * 16 * LDH + d * 16, LDH));
             }
-            wmma::store_matrix_sync(s_s + warp * 16 * LDF + n * 16, s_acc, LDF, wmma::mem_row_major);
-            wmma::store_matrix_sync(dp_s + warp * 16 * LDS + n * 16, dp_acc, LDS, wmma::mem_row_major);
+            // P^T = exp(scale S^T - lse), dS^T = P^T (dP^T - D); hidden pairs (and the padding) get P = 0, so dS = 0
+            #pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const int i = e / 2 % 2, col = 16 * n + 8 * (e / 4) + c + e % 2, t = q0 + col;
+                const bool visible = key[i] < keys && t < queries && (!causal || key[i] <= t + offset);
+                s.x[e] = visible ? __expf(s.x[e] * scale - lse_s[col]) : 0.f;
+                dp.x[e] = s.x[e] * (dp.x[e] - delta_s[col]);
+            }
+            pt[n] = as_operand<T>(s.x);
+            dst[n] = as_operand<T>(dp.x);
+            // dS^T to shared memory too, for dQ, which needs every warp's keys
+            #pragma unroll
+            for (int e = 0; e < 8; e += 2) {
+                const int row = warp * 16 + g + 8 * (e / 2 % 2), col = 16 * n + 8 * (e / 4) + c;
+                *reinterpret_cast<unsigned*>(dst_s + row * LDP + col) = dst[n].x[e / 2];
+            }
         }
-        __syncwarp();
-        // P^T = exp(scale S^T - lse), dS^T = P^T (dP^T - D); hidden pairs (and the padding) get P = 0, so dS = 0
-        for (int i = lane; i < 16 * TILE; i += 32) {
-            const int row = warp * 16 + i / TILE, c = i % TILE, key = k0 + row, t = q0 + c;
-            const bool visible = key < keys && t < queries && (!causal || key <= t + offset);
-            const float p = visible ? __expf(s_s[row * LDF + c] * scale - lse_s[c]) : 0.f;
-            pt_s[row * LDP + c] = from_float<T>(p);
-            dst_s[row * LDP + c] = from_float<T>(p * (dp_s[row * LDS + c] - delta_s[c]));
-        }
-        __syncwarp();
         // dV_j += P^T dout_i, dK_j += dS^T Q_i (times scale once, at the end)
         #pragma unroll
         for (int n = 0; n < D / 16; ++n) {
+            #pragma unroll
             for (int kk = 0; kk < TILE / 16; ++kk) {
-                FragA<T> p_frag, ds_frag;
-                FragB<T> do_frag, q_frag;
-                wmma::load_matrix_sync(p_frag, pt_s + warp * 16 * LDP + kk * 16, LDP);
-                wmma::load_matrix_sync(do_frag, do_s + kk * 16 * LDH + n * 16, LDH);
-                wmma::mma_sync(dv_acc[n], p_frag, do_frag, dv_acc[n]);
-                wmma::load_matrix_sync(ds_frag, dst_s + warp * 16 * LDP + kk * 16, LDP);
-                wmma::load_matrix_sync(q_frag, q_s + kk * 16 * LDH + n * 16, LDH);
-                wmma::mma_sync(dk_acc[n], ds_frag, q_frag, dk_acc[n]);
+                mma<T>(dv_acc[n], pt[kk], load_b(do_s + kk * 16 * LDH + n * 16, LDH));
+                mma<T>(dk_acc[n], dst[kk], load_b(q_s + kk * 16 * LDH + n * 16, LDH));
             }
         }
-        __syncthreads();  // dQ needs every warp's keys: all of dS^T is written
-        // dQ_i += scale dS K_j, warp w now taking queries q0 + 16 w ..; dS is dS^T read column-major
-        for (int n = 0; n < D / 16; ++n) {
-            Acc dq_acc;
-            wmma::fill_fragment(dq_acc, 0.f);
-            for (int kk = 0; kk < TILE / 16; ++kk) {
-                FragAT<T> ds_frag;
-                FragB<T> k_frag;
-                wmma::load_matrix_sync(ds_frag, dst_s + kk * 16 * LDP + warp * 16, LDP);
-                wmma::load_matrix_sync(k_frag, k_s + kk * 16 * LDH + n * 16, LDH);
-                wmma::mma_sync(dq_acc, ds_frag, k_frag, dq_acc);
-            }
-            wmma::store_matrix_sync(s_s + warp * 16 * LDF + n * 16, dq_acc, LDF, wmma::mem_row_major);
-        }
-        __syncwarp();
+        __syncthreads();  // all of dS^T is written
+        // dQ_i += scale dS K_j, warp w now taking queries q0 + 16 w ..: dS is dS^T read transposed.
         // Key tiles run in parallel blocks and all add into the same dQ rows, hence atomics (float32, so the
         // order of the additions changes only the last bits). A second kernel over query tiles would avoid
         // them but would compute S and dP a second time: 7 matmuls per tile pair instead of 5.
-        for (int i = lane; i < 16 * D; i += 32) {
-            const int row = warp * 16 + i / D, t = q0 + row;
-            if (t < queries) atomicAdd(dq + (long long)t * D + i % D, scale * s_s[row * LDF + i % D]);
+        #pragma unroll
+        for (int n = 0; n < D / 16; ++n) {
+            Acc dq_acc;
+            fill(dq_acc, 0.f);
+            #pragma unroll
+            for (int kk = 0; kk < TILE / 16; ++kk)
+                mma<T>(dq_acc, load_a_transposed(dst_s + kk * 16 * LDP + warp * 16, LDP), load_b(k_s + kk * 16 * LDH + n * 16, LDH));
+            #pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const int t = q0 + warp * 16 + g + 8 * (e / 2 % 2), col = 16 * n + 8 * (e / 4) + c + e % 2;
+                if (t < queries) atomicAdd(dq + (long long)t * D + col, scale * dq_acc.x[e]);
+            }
         }
     }
     // dK = scale sum dS^T Q, dV = sum P^T dout
     #pragma unroll
-    for (int n = 0; n < D / 16; ++n)
-        for (int e = 0; e < dk_acc[n].num_elements; ++e) dk_acc[n].x[e] *= scale;
-    store_rows<T, D>(dk, dk_acc, s_s + warp * 16 * LDF, LDF, k0 + warp * 16, keys);
-    store_rows<T, D>(dv, dv_acc, s_s + warp * 16 * LDF, LDF, k0 + warp * 16, keys);
+    for (int i = 0; i < 2; ++i) {
+        if (key[i] >= keys) continue;
+        #pragma unroll
+        for (int n = 0; n < D / 16; ++n)
+            #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const long long at = (long long)key[i] * D + 16 * n + 8 * h + c;
+                const int e = 4 * h + 2 * i;
+                *reinterpret_cast<unsigned*>(dk + at) = Mma<T>::pack(scale * dk_acc[n].x[e], scale * dk_acc[n].x[e + 1]);
+                *reinterpret_cast<unsigned*>(dv + at) = Mma<T>::pack(dv_acc[n].x[e], dv_acc[n].x[e + 1]);
+            }
+    }
 }
 
 // y = x rounded to T (dQ's float32 accumulator into the input dtype)
@@ -353,13 +405,13 @@ _CTYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
 
 
 def forward_shared_bytes(D):
-    """Shared memory of ``flash_forward<T, D>``, as its layout: q, k, v, P tiles in T; S, O, m, l, alpha in float."""
-    return 2 * (3 * TILE * (D + 8) + TILE * (TILE + 8)) + 4 * (TILE * (TILE + 4) + TILE * (D + 4) + 3 * TILE)
+    """Shared memory of ``flash_forward<T, D>``, as its layout: the q, k, v tiles in T (2 bytes)."""
+    return 2 * 3 * TILE * (D + 8)
 
 
 def backward_shared_bytes(D):
-    """Shared memory of ``flash_backward<T, D>``: k, v, q, dout, P^T, dS^T tiles in T; S^T, dP^T, lse, D in float."""
-    return 2 * (4 * TILE * (D + 8) + 2 * TILE * (TILE + 8)) + 4 * (TILE * (max(D, TILE) + 4) + TILE * (TILE + 4) + 2 * TILE)
+    """Shared memory of ``flash_backward<T, D>``: the k, v, q, dout and dS^T tiles in T; lse and D in float."""
+    return 2 * (4 * TILE * (D + 8) + TILE * (TILE + 8)) + 4 * 2 * TILE
 
 
 @functools.lru_cache(maxsize=None)
@@ -372,9 +424,10 @@ def _kernels(dtype_name, D):
              "delta": f"flash_backward_delta<{ctype}>", "cast": f"flash_cast<{ctype}>"}
     module = cupy.RawModule(code=SOURCE, options=("--std=c++17",), name_expressions=tuple(names.values()))
     kernels = {key: module.get_function(name) for key, name in names.items()}
-    # Above 48 KiB a kernel must ask for its dynamic shared memory (an H200 block may have up to 227 KiB).
-    kernels["forward"].max_dynamic_shared_size_bytes = forward_shared_bytes(D)
-    kernels["backward"].max_dynamic_shared_size_bytes = backward_shared_bytes(D)
+    # Above 48 KiB (D = 128) a kernel must ask for its dynamic shared memory (an H200 block may have 227 KiB).
+    for key, size in (("forward", forward_shared_bytes(D)), ("backward", backward_shared_bytes(D))):
+        if size > 48 * 1024:
+            kernels[key].max_dynamic_shared_size_bytes = size
     return kernels
 
 
