@@ -149,7 +149,7 @@ def main():
             results = {name: measure_cupy(fn, args) for name, fn in ours.items()}
             results.update({name: measure_torch(fn, args) for name, fn in theirs.items()})
             flash_out = cupy.asnumpy(ours["flash"]()[0]).astype(np.float32)
-            sdpa_out = theirs["torch SDPA"]()[0].float().cpu().numpy()
+            sdpa_out = theirs["torch SDPA"]()[0].detach().float().cpu().numpy()
             label = f"B={B} T={T} {dtype_name}"
             ms = [results[n][0] for n in names]
             mib = [results[n][1] / 2**20 for n in names]
