@@ -3,8 +3,8 @@
 Shapes: GPT-2 small's heads (H=12, D=64), causal, at T=512 (B=8) and T=2048
 (B=2), in bfloat16 and float16. Four ways to compute the same thing:
 
-    flash          minilora.fused.flash_attention: tiles of 64 queries x 64 keys in
-                   shared memory, online softmax, P recomputed in the backward
+    flash          minilora.fused.flash_attention: tiles of 64 queries x 64 keys,
+                   online softmax, P recomputed from lse in the backward
     minilora fp32  what minilora runs today under autocast: q, k, v cast to float32,
                    FusedScaledDotProductAttention (cuBLAS q k^T, a row kernel for the
                    scaled, masked softmax, P v; P kept for the backward), the output

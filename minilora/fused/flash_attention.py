@@ -7,12 +7,14 @@ a KV cache), as functional/attention.py's ``causal_mask``.
 
 The materialised attention (fused/attention.py) writes the scores, then the
 probabilities P, as (B, H, T, S) arrays and keeps P for the backward: at
-T = S = 2048 that is 192 MiB per layer in float32 for GPT-2 small's 12 heads
-at B = 2, against 6 MiB for q. Here a block of 128 threads (4 warps) takes 64
-queries and walks over the keys 64 at a time; a 64 x 64 tile of scores lives
-in shared memory and is gone when the next tile comes. The backward keeps only
-q, k, v, out and lse, O(T) per row instead of O(T S), and recomputes each tile
-of P from lse (FlashAttention-2, Dao 2023, Algorithms 1 and 2).
+T = S = 2048 that is 384 MiB per layer in float32 for GPT-2 small's 12 heads
+at B = 2, against 6 MiB for q in bf16. Here a block of 128 threads (4 warps of
+16 queries) takes 64 queries and walks over the keys 64 at a time: the k and v
+tiles pass through shared memory, and a 64 x 64 tile of scores lives in the
+warps' registers until the next tile comes. The backward keeps only q, k, v,
+out and lse, O(T) per row instead of O(T S), and recomputes each tile of P
+from lse (FlashAttention-2, Dao 2023, Algorithms 1 and 2). Memory and time
+against the materialised path and torch: bench/bench_attention_gpu.py.
 
 Forward, for the query tile i, over key tiles j (S_ij = scale Q_i K_j^T, 64 x 64):
 
