@@ -203,6 +203,26 @@ def test_fused_kernels_take_16_bit_floats_and_compute_in_float32(name, half):
         assert error <= 8 * ulp * np.abs(expected).max(), (name, what, error, np.abs(expected).max())
 
 
+@pytest.mark.parametrize("half", [0, 1], ids=["bfloat16", "float16"])
+def test_attention_in_16_bits_materialises_the_scores_where_flash_cannot_go(half):
+    """Head dimension 48 is not one of the flash kernels': the row kernels run on the 16-bit scores instead."""
+    from minilora.fused import FusedScaledDotProductAttention
+
+    dtype, ulp = half_dtypes()[half]
+    rng = np.random.default_rng(12)
+    rounded = [rng.standard_normal((2, 3, 40, 48)).astype(dtype).astype(np.float64) for _ in range(3)]
+    call = CASES["attention"][2]
+    with backend.using_backend("cupy"):
+        import cupy
+        q = cupy.asarray(rounded[0].astype(dtype))
+        assert not FusedScaledDotProductAttention.runs_flash(q, q, q, causal=True)
+        fused = output_and_grads(call, FusedScaledDotProductAttention, rounded, {"causal": True}, dtype=dtype)
+        exact = output_and_grads(call, ScaledDotProductAttention, rounded, {"causal": True}, cotangent_dtype=dtype)
+    for got, expected in zip([fused[0]] + fused[1], [exact[0]] + exact[1]):
+        assert got.dtype == dtype
+        assert np.abs(got.astype(np.float64) - expected).max() <= 8 * ulp * np.abs(expected).max()
+
+
 def test_the_functional_ops_pick_each_backends_variants_and_the_references_under_reference_ops():
     from minilora.fused import FusedCrossEntropy, FusedGeluTanh, FusedLayerNorm, FusedScaledDotProductAttention
 

@@ -6,12 +6,17 @@ scales them, adds the mask, subtracts the max, takes exp and divides: five
 passes. Here one warp per (b, h, t) row does it in place, skipping the keys
 that the causal mask hides, and the backward (softmax.py's kernel, with the
 scale) writes scale * dscores over dP, so dq = dscores k needs no further pass.
+
+In float16 and bfloat16 (autocast's attention) the flash kernels of
+flash_attention.py take over where they can (head dimension 32, 64 or 128):
+they keep no (B, H, T, S) array at all.
 """
 import numpy as np
 
 from .. import backend
 from ..functional.attention import ScaledDotProductAttention
-from ._cuda import acc_scalar, fusable, launch_rows, compiled_kernel
+from ._cuda import acc_scalar, compiled_kernel, fusable, launch_rows
+from .flash_attention import SUPPORTED_HEAD_DIMS, flash_attention_backward, flash_attention_forward
 from .softmax import SOURCE as SOFTMAX_SOURCE
 
 SOURCE = r"""
@@ -37,17 +42,33 @@ __global__ void attention_softmax_forward(T* scores, int rows, int cols, int que
 
 
 class FusedScaledDotProductAttention(ScaledDotProductAttention):
-    """The reference's inputs. The kernel knows only the causal mask: a user's mask (``allowed``) takes the reference path."""
+    """The reference's inputs. The kernels know only the causal mask: a user's mask (``allowed``) takes the reference path.
+
+    float16 and bfloat16 with a head dimension of 32, 64 or 128 go to the flash
+    kernels (flash_attention.py), which never materialise the (T, S) scores;
+    other dtypes and shapes materialise them and run the row kernels below.
+    """
 
     @staticmethod
     def runs_fused(q, k, v, allowed, scale, causal=False):
         return fusable(q, k, v) and allowed is None
 
     @staticmethod
+    def runs_flash(q, k, v, causal):
+        T, S = q.shape[-2], k.shape[-2]
+        return (q.dtype.itemsize == 2 and q.shape[-1] in SUPPORTED_HEAD_DIMS and q.shape[:-2] == k.shape[:-2] == v.shape[:-2]
+                and not (causal and S < T))
+
+    @staticmethod
     def forward(ctx, q, k, v, allowed, scale, causal=False):
         ctx.fused = FusedScaledDotProductAttention.runs_fused(q, k, v, allowed, scale, causal)
         if not ctx.fused:
             return ScaledDotProductAttention.forward(ctx, q, k, v, allowed, scale, causal)
+        ctx.flash = FusedScaledDotProductAttention.runs_flash(q, k, v, causal)
+        if ctx.flash:
+            out, lse = flash_attention_forward(q, k, v, scale, causal)
+            ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse, ctx.scale, ctx.causal = q, k, v, out, lse, scale, causal
+            return out
         T, S = q.shape[-2], k.shape[-2]
         # 1. scores = q k^T (cuBLAS writes a fresh contiguous array)
         scores = backend.matmul(q, k.swapaxes(-1, -2))  # (B, H, T, S)
@@ -65,6 +86,9 @@ class FusedScaledDotProductAttention(ScaledDotProductAttention):
     def backward(ctx, grad):
         if not ctx.fused:
             return ScaledDotProductAttention.backward(ctx, grad)
+        if ctx.flash:
+            dq, dk, dv = flash_attention_backward(ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse, grad, ctx.scale, ctx.causal)
+            return dq, dk, dv, None, None, None
         cupy = backend.array_module(grad)
         q, k, v, probs = ctx.q, ctx.k, ctx.v, ctx.probs
         # 4. out = P v  =>  dP = dout v^T, dv = P^T dout. CuPy would copy a transposed (T, S) operand

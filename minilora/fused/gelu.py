@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import backend
 from ..functional.elementwise import GeluTanh
-from ._cuda import fusable, launch_elements, compiled_kernel
+from ._cuda import compiled_kernel, fusable, launch_elements
 
 SOURCE = r"""
 // u = sqrt(2/pi) (x + 0.044715 x^3)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import backend
 from ..functional.norm import LayerNorm
-from ._cuda import acc_dtype, acc_scalar, fusable, launch_rows, compiled_kernel
+from ._cuda import acc_dtype, acc_scalar, compiled_kernel, fusable, launch_rows
 
 SOURCE = r"""
 template <typename T>

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import backend
 from ..functional.softmax import Softmax
-from ._cuda import acc_scalar, fusable, launch_rows, compiled_kernel
+from ._cuda import acc_scalar, compiled_kernel, fusable, launch_rows
 
 SOURCE = r"""
 template <typename T>
