@@ -373,6 +373,13 @@ def retain_host_memory():
     return bool(kept_mapped and kept_heap)
 
 
+def is_recording_graph():
+    """True while the current CUDA stream records a graph (minilora.fused.graph): then nothing may wait for the GPU."""
+    if _state["name"] != "cupy":
+        return False
+    return _state["xp"].cuda.get_current_stream().is_capturing()
+
+
 def synchronize():
     """Wait for the GPU to finish queued work (a no-op on NumPy); call it before reading a timer."""
     _raise_environment_error()

@@ -15,6 +15,8 @@ On the GPU (CuPy), kernels for the memory-bound ops:
                       BatchedMatMul                    batches of bf16 matrices through cuBLAS (backend.matmul)
     adamw.py          fused_adamw_update               AdamW's eleven array operations in one kernel
     dequantize.py     fused_dequantize_q4_1, _nf4      a 4-bit weight to float32 in one kernel (minilora.quant)
+    flash_attention.py                                 attention in bf16/fp16 without the (T, S) scores
+    graph.py          cuda_graph                       a forward and backward recorded once, replayed in one launch
 
 On the CPU (NumPy), only where it measurably pays (docs/performance.md):
 
@@ -40,6 +42,7 @@ from .cpu import InPlaceGeluTanh, InPlaceScaledDotProductAttention
 from .cross_entropy import FusedCrossEntropy
 from .dequantize import fused_dequantize_nf4, fused_dequantize_q4_1
 from .gelu import FusedGeluTanh
+from .graph import CudaGraph, cuda_graph
 from .layer_norm import FusedLayerNorm
 from .linear import BatchedMatMul, RowSumLinear
 from .softmax import FusedSoftmax
@@ -67,4 +70,4 @@ for _reference, _fast in CPU.items():
 
 __all__ = ["FUSED", "CPU", "InPlaceGeluTanh", "InPlaceScaledDotProductAttention", "FusedSoftmax", "FusedScaledDotProductAttention", "FusedLayerNorm", "FusedGeluTanh",
            "FusedCrossEntropy", "RowSumLinear", "BatchedMatMul", "fused_adamw_update",
-           "fused_dequantize_q4_1", "fused_dequantize_nf4"]
+           "fused_dequantize_q4_1", "fused_dequantize_nf4", "cuda_graph", "CudaGraph"]
