@@ -242,27 +242,39 @@ def sum_over_rows(a):
     bench/profile_gpu_step.py --mode full).
     """
     if is_cupy_array(a):
-        return array_module(a).ones(a.shape[0], dtype=a.dtype) @ a
+        return matmul(array_module(a).ones((1, a.shape[0]), dtype=a.dtype), a)[0]
     return a.sum(axis=0)
+
+
+_CUBLAS_TYPES = {  # dtype -> (cudaDataType, cublasComputeType, dtype of alpha and beta)
+    "float64": (1, 70, np.float64),  # CUDA_R_64F, CUBLAS_COMPUTE_64F
+    "float32": (0, 68, np.float32),  # CUDA_R_32F, CUBLAS_COMPUTE_32F (77, _FAST_TF32, with CUPY_TF32=1)
+    "float16": (2, 68, np.float32),  # CUDA_R_16F, accumulated in float32
+    "bfloat16": (14, 68, np.float32),  # CUDA_R_16BF, accumulated in float32
+}
 
 
 def matmul(a, b):
     """a @ b, for a (..., M, K) and b (..., K, N) with broadcast leading axes -> (..., M, N).
 
-    CuPy multiplies bfloat16 matrices only two axes at a time (a batch of them
-    fails: CuPy takes ml_dtypes' bfloat16 for an integer type there), so a
-    batched bf16 product goes to cuBLAS's strided batched GEMM here, with
-    float32 accumulation as for fp16. Everything else is plain ``a @ b``.
+    On the GPU the product goes to cuBLAS's strided batched GEMM from here,
+    for two reasons. CuPy multiplies bfloat16 matrices only two axes at a time
+    (in a batch it takes ml_dtypes' bfloat16 for an integer type). And CuPy
+    refuses every cuBLAS call while a CUDA graph is being recorded
+    (minilora.fused.graph), though cuBLAS itself records fine once its handle
+    is on the recording stream. The fast paths (minilora.fused) multiply here;
+    the reference ops keep ``@``. Vectors, NumPy and mixed dtypes: plain ``a @ b``.
     """
-    if not (is_cupy_array(a) and a.dtype.name == "bfloat16" == b.dtype.name and max(a.ndim, b.ndim) > 2):
+    if not (is_cupy_array(a) and is_cupy_array(b) and a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype
+            and a.dtype.name in _CUBLAS_TYPES):
         return a @ b
-    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align. Fix: a (..., M, K) @ b (..., K, N)")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align ({a.shape[-1]} != {b.shape[-2]}). "
+                         "Fix: a (..., M, K) @ b (..., K, N)")
     cupy = array_module(a)
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     out = cupy.empty(batch + (M, N), dtype=a.dtype)
-    count = int(np.prod(batch))
     if out.size == 0 or K == 0:
         out.fill(0)
         return out
@@ -270,14 +282,27 @@ def matmul(a, b):
     (b_op, b_ld, b_stride, b), (a_op, a_ld, a_stride, a) = _gemm_operand(b, batch), _gemm_operand(a, batch)
     from cupy_backends.cuda.libs import cublas
 
+    data_type, compute_type, scalar = _CUBLAS_TYPES[a.dtype.name]
+    if a.dtype == np.float32 and os.environ.get("CUPY_TF32", "0") != "0":
+        compute_type = 77  # CUBLAS_COMPUTE_32F_FAST_TF32, as CuPy's own matmul under CUPY_TF32=1
     handle = cupy.cuda.device.get_cublas_handle()
-    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
-    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
-    bf16, compute_f32, default_algorithm = 14, 68, -1  # CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT
-    cublas.gemmStridedBatchedEx(handle, b_op, a_op, N, M, K, one.ctypes.data, b.data.ptr, bf16, b_ld, b_stride,
-                                a.data.ptr, bf16, a_ld, a_stride, zero.ctypes.data, out.data.ptr, bf16, N, M * N,
-                                count, compute_f32, default_algorithm)
+    stream = cupy.cuda.get_current_stream()
+    if not stream.is_capturing():  # a recording stream has the handle already (bind_cublas_to_current_stream)
+        cublas.setStream(handle, stream.ptr)
+    one, zero = np.ones(1, scalar), np.zeros(1, scalar)
+    default_algorithm = -1  # CUBLAS_GEMM_DEFAULT
+    cublas.gemmStridedBatchedEx(handle, b_op, a_op, N, M, K, one.ctypes.data, b.data.ptr, data_type, b_ld, b_stride,
+                                a.data.ptr, data_type, a_ld, a_stride, zero.ctypes.data, out.data.ptr, data_type, N,
+                                M * N, int(np.prod(batch)), compute_type, default_algorithm)
     return out
+
+
+def bind_cublas_to_current_stream():
+    """Put CuPy's cuBLAS handle on the current stream: what ``matmul`` runs while a graph is recorded goes there."""
+    from cupy_backends.cuda.libs import cublas
+
+    cupy = _state["xp"]
+    cublas.setStream(cupy.cuda.device.get_cublas_handle(), cupy.cuda.get_current_stream().ptr)
 
 
 def _gemm_operand(x, batch):

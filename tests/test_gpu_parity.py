@@ -117,16 +117,16 @@ def test_scatter_add_accumulates_repeated_indices_in_float64_on_the_gpu():
 
 
 def autocast_run(name, dtype):
-    """10 AdamW steps of the small GPT (dropout off) under autocast on backend ``name``: the losses, the weights' moves."""
+    """10 AdamW steps of the small GPT (dropout off) on one batch under autocast on ``name``: losses, the weights' moves."""
     from minilora import amp
 
     with using(name):
         model = GPT(dataclasses.replace(CONFIG, dropout=0.0))
         start = [p.numpy().copy() for p in model.parameters()]
-        opt = AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+        opt = AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
         scaler = amp.GradScaler(init_scale=2.0 ** 10, enabled=dtype == "float16")
         losses = []
-        for batch in BATCHES[:10]:
+        for batch in [BATCHES[0]] * 10:  # learning one batch by heart: the loss must fall
             with amp.autocast(dtype):
                 _, loss = model(batch[:, :-1], batch[:, 1:])
             scaler.scale(loss).backward()

@@ -11,8 +11,9 @@ On the GPU (CuPy), kernels for the memory-bound ops:
     layer_norm.py     FusedLayerNorm                   keeps mean and 1/std per row, not xhat
     gelu.py           FusedGeluTanh                    one ElementwiseKernel each way
     cross_entropy.py  FusedCrossEntropy                keeps log-sum-exp per row, not log-softmax
-    linear.py         RowSumLinear                     the bias gradient as a cuBLAS matrix-vector product
+    linear.py         CublasLinear                     cuBLAS called directly; the bias gradient as a matrix-vector product
                       BatchedMatMul                    batches of bf16 matrices through cuBLAS (backend.matmul)
+    lora.py           CublasLoRALinear                 lora_linear's products through backend.matmul
     adamw.py          fused_adamw_update               AdamW's eleven array operations in one kernel
     dequantize.py     fused_dequantize_q4_1, _nf4      a 4-bit weight to float32 in one kernel (minilora.quant)
     flash_attention.py                                 attention in bf16/fp16 without the (T, S) scores
@@ -34,6 +35,7 @@ from ..functional.elementwise import GeluTanh
 from ..functional.linalg import Linear, MatMul
 from ..functional.norm import LayerNorm
 from ..functional.softmax import CrossEntropy, Softmax
+from ..lora.function import LoRALinearFunction
 from ..optim import adamw_update
 from ..quant import nf4, q4_1
 from .adamw import fused_adamw_update
@@ -44,7 +46,8 @@ from .dequantize import fused_dequantize_nf4, fused_dequantize_q4_1
 from .gelu import FusedGeluTanh
 from .graph import CudaGraph, cuda_graph
 from .layer_norm import FusedLayerNorm
-from .linear import BatchedMatMul, RowSumLinear
+from .linear import BatchedMatMul, CublasLinear
+from .lora import CublasLoRALinear
 from .softmax import FusedSoftmax
 
 FUSED = {  # reference -> its CuPy variant
@@ -53,8 +56,9 @@ FUSED = {  # reference -> its CuPy variant
     LayerNorm: FusedLayerNorm,
     GeluTanh: FusedGeluTanh,
     CrossEntropy: FusedCrossEntropy,
-    Linear: RowSumLinear,
+    Linear: CublasLinear,
     MatMul: BatchedMatMul,
+    LoRALinearFunction: CublasLoRALinear,
     adamw_update: fused_adamw_update,
     q4_1.dequantize: fused_dequantize_q4_1,
     nf4.dequantize: fused_dequantize_nf4,
@@ -69,5 +73,5 @@ for _reference, _fast in CPU.items():
     register_fast(_reference, _fast, "numpy")
 
 __all__ = ["FUSED", "CPU", "InPlaceGeluTanh", "InPlaceScaledDotProductAttention", "FusedSoftmax", "FusedScaledDotProductAttention", "FusedLayerNorm", "FusedGeluTanh",
-           "FusedCrossEntropy", "RowSumLinear", "BatchedMatMul", "fused_adamw_update",
+           "FusedCrossEntropy", "CublasLinear", "BatchedMatMul", "CublasLoRALinear", "fused_adamw_update",
            "fused_dequantize_q4_1", "fused_dequantize_nf4", "cuda_graph", "CudaGraph"]
