@@ -257,12 +257,11 @@ _CUBLAS_TYPES = {  # dtype -> (cudaDataType, cublasComputeType, dtype of alpha a
 def matmul(a, b):
     """a @ b, for a (..., M, K) and b (..., K, N) with broadcast leading axes -> (..., M, N).
 
-    On the GPU the product goes to cuBLAS's strided batched GEMM from here,
-    for two reasons. CuPy multiplies bfloat16 matrices only two axes at a time
-    (in a batch it takes ml_dtypes' bfloat16 for an integer type). And CuPy
-    refuses every cuBLAS call while a CUDA graph is being recorded
-    (minilora.fused.graph), though cuBLAS itself records fine once its handle
-    is on the recording stream. The fast paths (minilora.fused) multiply here;
+    On the GPU the product goes to cuBLAS from here, for two reasons. CuPy
+    multiplies bfloat16 matrices only two axes at a time (in a batch it takes
+    ml_dtypes' bfloat16 for an integer type). And CuPy refuses every cuBLAS
+    call while a CUDA graph is being recorded (minilora.fused.graph), though
+    cuBLAS itself records fine. The fast paths (minilora.fused) multiply here;
     the reference ops keep ``@``. Vectors, NumPy and mixed dtypes: plain ``a @ b``.
     """
     if not (is_cupy_array(a) and is_cupy_array(b) and a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype
@@ -280,29 +279,52 @@ def matmul(a, b):
         return out
     # Row-major C = A B is column-major C^T = B^T A^T: cuBLAS gets b first, then a.
     (b_op, b_ld, b_stride, b), (a_op, a_ld, a_stride, a) = _gemm_operand(b, batch), _gemm_operand(a, batch)
-    from cupy_backends.cuda.libs import cublas
-
     data_type, compute_type, scalar = _CUBLAS_TYPES[a.dtype.name]
     if a.dtype == np.float32 and os.environ.get("CUPY_TF32", "0") != "0":
         compute_type = 77  # CUBLAS_COMPUTE_32F_FAST_TF32, as CuPy's own matmul under CUPY_TF32=1
-    handle = cupy.cuda.device.get_cublas_handle()
-    stream = cupy.cuda.get_current_stream()
-    if not stream.is_capturing():  # a recording stream has the handle already (bind_cublas_to_current_stream)
-        cublas.setStream(handle, stream.ptr)
+    library, handle = _cublas_library(), cupy.cuda.device.get_cublas_handle()  # the handle: per device and thread
+    _check_cublas("cublasSetStream", library.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr))
     one, zero = np.ones(1, scalar), np.zeros(1, scalar)
-    default_algorithm = -1  # CUBLAS_GEMM_DEFAULT
-    cublas.gemmStridedBatchedEx(handle, b_op, a_op, N, M, K, one.ctypes.data, b.data.ptr, data_type, b_ld, b_stride,
-                                a.data.ptr, data_type, a_ld, a_stride, zero.ctypes.data, out.data.ptr, data_type, N,
-                                M * N, int(np.prod(batch)), compute_type, default_algorithm)
+    default_algorithm, count = -1, int(np.prod(batch))  # CUBLAS_GEMM_DEFAULT
+    if count == 1:  # one product: cuBLAS's plain GEMM, whose kernel choice is tuned for it
+        status = library.cublasGemmEx(handle, b_op, a_op, N, M, K, one.ctypes.data, b.data.ptr, data_type, b_ld,
+                                      a.data.ptr, data_type, a_ld, zero.ctypes.data, out.data.ptr, data_type, N,
+                                      compute_type, default_algorithm)
+    else:
+        status = library.cublasGemmStridedBatchedEx(
+            handle, b_op, a_op, N, M, K, one.ctypes.data, b.data.ptr, data_type, b_ld, b_stride, a.data.ptr,
+            data_type, a_ld, a_stride, zero.ctypes.data, out.data.ptr, data_type, N, M * N, count, compute_type,
+            default_algorithm)
+    _check_cublas("cublasGemmEx", status)
     return out
 
 
-def bind_cublas_to_current_stream():
-    """Put CuPy's cuBLAS handle on the current stream: what ``matmul`` runs while a graph is recorded goes there."""
-    from cupy_backends.cuda.libs import cublas
+@functools.lru_cache(maxsize=None)
+def _cublas_library():
+    """libcublas through ctypes.
 
-    cupy = _state["xp"]
-    cublas.setStream(cupy.cuda.device.get_cublas_handle(), cupy.cuda.get_current_stream().ptr)
+    CuPy's own cuBLAS wrappers check for a recording stream and refuse; the
+    library as CuPy loaded it (found in the process's memory map) does not.
+    """
+    import ctypes
+
+    _state["xp"].cuda.device.get_cublas_handle()  # makes CuPy load libcublas
+    with open("/proc/self/maps") as maps:
+        paths = sorted({line.split()[-1] for line in maps if "/libcublas.so" in line})
+    if not paths:
+        raise RuntimeError("matmul: libcublas is not loaded in this process, though CuPy made a cuBLAS handle. "
+                           "Fix: check the CuPy installation (python -c 'import cupy; cupy.show_config()').")
+    library = ctypes.CDLL(paths[0])
+    p, i, ll = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong
+    library.cublasSetStream_v2.argtypes = [p, p]
+    library.cublasGemmEx.argtypes = [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i]
+    library.cublasGemmStridedBatchedEx.argtypes = [p, i, i, i, i, i, p, p, i, i, ll, p, i, i, ll, p, p, i, i, ll, i, i, i]
+    return library
+
+
+def _check_cublas(name, status):
+    if status != 0:
+        raise RuntimeError(f"matmul: {name} returned cuBLAS status {status} (cublasStatus_t; 0 is success)")
 
 
 def _gemm_operand(x, batch):

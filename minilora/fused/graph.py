@@ -61,7 +61,6 @@ class CudaGraph:
             for _ in range(warmup):
                 fn(*self.inputs)
             self.stream.synchronize()
-            backend.bind_cublas_to_current_stream()  # CuPy sets it per call, which a recording stream refuses
             self.stream.begin_capture()
             try:
                 self.outputs = fn(*self.inputs)
