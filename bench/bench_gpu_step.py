@@ -21,7 +21,7 @@ memory: array memory in use (the CuPy pool's blocks handed out, PyTorch's
 max_memory_allocated) from before the model is built to after three steps.
 
     python bench/bench_gpu_step.py [--mode full|lora|fwd|all] [--tf32] [--precision fp32|bf16|fp16] [--half-base]
-                                   [--graph] [--steps 10]
+                                   [--steps 10]
     python bench/bench_gpu_step.py --device cpu --layers 2 --seq 64   # check the script without a GPU
 """
 import argparse
@@ -43,9 +43,6 @@ def parse_args():
                         help="bf16/fp16: autocast on both sides (fp16 with loss scaling), SDPA attention in PyTorch")
     parser.add_argument("--half-base", action="store_true",
                         help="lora with bf16/fp16: store minilora's frozen W0 in that dtype (minilora.amp.cast_frozen)")
-    parser.add_argument("--graph", action="store_true",
-                        help="minilora records zero_grad + forward + backward as a CUDA graph and replays it "
-                             "(minilora.fused.cuda_graph; AdamW outside); fp32 or bf16")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--layers", type=int, default=12)
@@ -97,7 +94,7 @@ def minilora_train(idx, targets, lora):
     state = {}
 
     def build_and_step():
-        step, _ = minilora_training_step(minilora_model(lora), idx, targets, precision=ARGS.precision, graph=ARGS.graph)
+        step, _ = minilora_training_step(minilora_model(lora), idx, targets, precision=ARGS.precision)
         for _ in range(3):
             step()
         state["step"] = step
@@ -206,9 +203,6 @@ def main():
     if TORCH_DEVICE == "cuda":
         import cupy
         versions += f", cupy {cupy.__version__}"
-    if ARGS.graph or ARGS.half_base:
-        versions += "; minilora" + (" replays a CUDA graph" if ARGS.graph else "") + (
-            f", frozen W0 in {ARGS.precision}" if ARGS.half_base and ARGS.precision != "fp32" else "")
     print(versions, flush=True)
     modes = ["full", "lora", "fwd"] if ARGS.mode == "all" else [ARGS.mode]
     print(f"{'':<34}{'minilora':>12}{'PyTorch':>12}{'ratio':>8}")

@@ -242,89 +242,42 @@ def sum_over_rows(a):
     bench/profile_gpu_step.py --mode full).
     """
     if is_cupy_array(a):
-        return matmul(array_module(a).ones((1, a.shape[0]), dtype=a.dtype), a)[0]
+        return array_module(a).ones(a.shape[0], dtype=a.dtype) @ a
     return a.sum(axis=0)
-
-
-_CUBLAS_TYPES = {  # dtype -> (cudaDataType, cublasComputeType, dtype of alpha and beta)
-    "float64": (1, 70, np.float64),  # CUDA_R_64F, CUBLAS_COMPUTE_64F
-    "float32": (0, 68, np.float32),  # CUDA_R_32F, CUBLAS_COMPUTE_32F (77, _FAST_TF32, with CUPY_TF32=1)
-    "float16": (2, 68, np.float32),  # CUDA_R_16F, accumulated in float32
-    "bfloat16": (14, 68, np.float32),  # CUDA_R_16BF, accumulated in float32
-}
 
 
 def matmul(a, b):
     """a @ b, for a (..., M, K) and b (..., K, N) with broadcast leading axes -> (..., M, N).
 
-    On the GPU the product goes to cuBLAS from here, for two reasons. CuPy
-    multiplies bfloat16 matrices only two axes at a time (in a batch it takes
-    ml_dtypes' bfloat16 for an integer type). And CuPy refuses every cuBLAS
-    call while a CUDA graph is being recorded (minilora.fused.graph), though
-    cuBLAS itself records fine. The fast paths (minilora.fused) multiply here;
-    the reference ops keep ``@``. Vectors, NumPy and mixed dtypes: plain ``a @ b``.
+    CuPy multiplies bfloat16 matrices only two axes at a time (a batch of them
+    fails: CuPy takes ml_dtypes' bfloat16 for an integer type there), so a
+    batched bf16 product goes to cuBLAS's strided batched GEMM here, with
+    float32 accumulation as for fp16. Everything else is plain ``a @ b``.
     """
-    if not (is_cupy_array(a) and is_cupy_array(b) and a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype
-            and a.dtype.name in _CUBLAS_TYPES):
+    if not (is_cupy_array(a) and a.dtype.name == "bfloat16" == b.dtype.name and max(a.ndim, b.ndim) > 2):
         return a @ b
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align ({a.shape[-1]} != {b.shape[-2]}). "
-                         "Fix: a (..., M, K) @ b (..., K, N)")
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align. Fix: a (..., M, K) @ b (..., K, N)")
     cupy = array_module(a)
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     out = cupy.empty(batch + (M, N), dtype=a.dtype)
+    count = int(np.prod(batch))
     if out.size == 0 or K == 0:
         out.fill(0)
         return out
     # Row-major C = A B is column-major C^T = B^T A^T: cuBLAS gets b first, then a.
     (b_op, b_ld, b_stride, b), (a_op, a_ld, a_stride, a) = _gemm_operand(b, batch), _gemm_operand(a, batch)
-    data_type, compute_type, scalar = _CUBLAS_TYPES[a.dtype.name]
-    if a.dtype == np.float32 and os.environ.get("CUPY_TF32", "0") != "0":
-        compute_type = 77  # CUBLAS_COMPUTE_32F_FAST_TF32, as CuPy's own matmul under CUPY_TF32=1
-    library, handle = _cublas_library(), cupy.cuda.device.get_cublas_handle()  # the handle: per device and thread
-    _check_cublas("cublasSetStream", library.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr))
-    one, zero = np.ones(1, scalar), np.zeros(1, scalar)
-    default_algorithm, count = -1, int(np.prod(batch))  # CUBLAS_GEMM_DEFAULT
-    if count == 1:  # one product: cuBLAS's plain GEMM, whose kernel choice is tuned for it
-        status = library.cublasGemmEx(handle, b_op, a_op, N, M, K, one.ctypes.data, b.data.ptr, data_type, b_ld,
-                                      a.data.ptr, data_type, a_ld, zero.ctypes.data, out.data.ptr, data_type, N,
-                                      compute_type, default_algorithm)
-    else:
-        status = library.cublasGemmStridedBatchedEx(
-            handle, b_op, a_op, N, M, K, one.ctypes.data, b.data.ptr, data_type, b_ld, b_stride, a.data.ptr,
-            data_type, a_ld, a_stride, zero.ctypes.data, out.data.ptr, data_type, N, M * N, count, compute_type,
-            default_algorithm)
-    _check_cublas("cublasGemmEx", status)
+    from cupy_backends.cuda.libs import cublas
+
+    handle = cupy.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    bf16, compute_f32, default_algorithm = 14, 68, -1  # CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT
+    cublas.gemmStridedBatchedEx(handle, b_op, a_op, N, M, K, one.ctypes.data, b.data.ptr, bf16, b_ld, b_stride,
+                                a.data.ptr, bf16, a_ld, a_stride, zero.ctypes.data, out.data.ptr, bf16, N, M * N,
+                                count, compute_f32, default_algorithm)
     return out
-
-
-@functools.lru_cache(maxsize=None)
-def _cublas_library():
-    """libcublas through ctypes.
-
-    CuPy's own cuBLAS wrappers check for a recording stream and refuse; the
-    library as CuPy loaded it (found in the process's memory map) does not.
-    """
-    import ctypes
-
-    _state["xp"].cuda.device.get_cublas_handle()  # makes CuPy load libcublas
-    with open("/proc/self/maps") as maps:
-        paths = sorted({line.split()[-1] for line in maps if "/libcublas.so" in line})
-    if not paths:
-        raise RuntimeError("matmul: libcublas is not loaded in this process, though CuPy made a cuBLAS handle. "
-                           "Fix: check the CuPy installation (python -c 'import cupy; cupy.show_config()').")
-    library = ctypes.CDLL(paths[0])
-    p, i, ll = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong
-    library.cublasSetStream_v2.argtypes = [p, p]
-    library.cublasGemmEx.argtypes = [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i]
-    library.cublasGemmStridedBatchedEx.argtypes = [p, i, i, i, i, i, p, p, i, i, ll, p, i, i, ll, p, p, i, i, ll, i, i, i]
-    return library
-
-
-def _check_cublas(name, status):
-    if status != 0:
-        raise RuntimeError(f"matmul: {name} returned cuBLAS status {status} (cublasStatus_t; 0 is success)")
 
 
 def _gemm_operand(x, batch):
@@ -418,13 +371,6 @@ def retain_host_memory():
     kept_mapped = mallopt(m_mmap_threshold, 32 << 20)  # blocks up to 32 MB (glibc's limit) come from the heap
     kept_heap = mallopt(m_trim_threshold, 1 << 30)  # and the heap shrinks only past 1 GB of free space
     return bool(kept_mapped and kept_heap)
-
-
-def is_recording_graph():
-    """True while the current CUDA stream records a graph (minilora.fused.graph): then nothing may wait for the GPU."""
-    if _state["name"] != "cupy":
-        return False
-    return _state["xp"].cuda.get_current_stream().is_capturing()
 
 
 def synchronize():

@@ -19,7 +19,6 @@ from minilora.functional.elementwise import GeluTanh
 from minilora.functional.linalg import Linear, MatMul
 from minilora.functional.norm import LayerNorm
 from minilora.functional.softmax import CrossEntropy, Softmax
-from minilora.lora.function import LoRALinearFunction
 from minilora.testing import arrays, assert_gradcheck, maybe_non_contiguous, shapes
 
 pytestmark = pytest.mark.gpu
@@ -86,14 +85,6 @@ def matmul_inputs(draw):
     return [a, b], {"transpose_b": transpose_b}
 
 
-@st.composite
-def lora_inputs(draw):
-    (x,), _ = draw(rows_inputs(-2.0, 2.0))
-    k, d, r = x.shape[-1], draw(st.integers(1, 5)), draw(st.integers(1, 3))
-    return [x, draw(arrays((d, k))), draw(arrays((d,))), draw(arrays((r, k))), draw(arrays((d, r)))], {
-        "scaling": draw(st.sampled_from([0.5, 2.0]))}
-
-
 CASES = {
     "softmax": (Softmax, softmax_inputs(), lambda fn, x, axis: fn.apply(x, axis=axis)),
     "layer_norm": (LayerNorm, layer_norm_inputs(), lambda fn, x, w, b: fn.apply(x, w, b, eps=1e-5)),
@@ -101,8 +92,6 @@ CASES = {
     "cross_entropy": (CrossEntropy, cross_entropy_inputs(), lambda fn, logits, targets, reduction: fn.apply(
         logits, backend.asarray(targets, like=logits.data), reduction=reduction)),
     "linear": (Linear, linear_inputs(), lambda fn, x, w, b: fn.apply(x, w, b)),
-    "lora_linear": (LoRALinearFunction, lora_inputs(), lambda fn, x, W0, b, A, B, scaling: fn.apply(
-        x, W0, b, A, B, scaling)),
     "matmul": (MatMul, matmul_inputs(), lambda fn, a, b, transpose_b: fn.apply(a, b.transpose(-2, -1) if transpose_b else b)),
     "attention": (ScaledDotProductAttention, attention_inputs(), lambda fn, q, k, v, causal: fn.apply(
         q, k, v, None, 1 / np.sqrt(q.shape[-1]), causal=causal)),
@@ -165,8 +154,6 @@ MODEL_SIZES = {  # float32 at the sizes of a GPT-2 small step (fewer rows, to st
     "linear": ([np.random.default_rng(7).standard_normal((512, 768)), np.random.default_rng(8).standard_normal((768, 768)),
                 np.random.default_rng(9).standard_normal(768)], {}),
     "attention": ([np.random.default_rng(6).standard_normal((2, 12, 128, 64)) for _ in range(3)], {"causal": True}),
-    "lora_linear": ([np.random.default_rng(13).standard_normal(shape) for shape in
-                     [(2, 64, 768), (768, 768), (768,), (8, 768), (768, 8)]], {"scaling": 2.0}),
     "matmul": ([np.random.default_rng(10).standard_normal((2, 12, 128, 64)),
                 np.random.default_rng(11).standard_normal((12, 128, 64))], {"transpose_b": True}),
 }

@@ -24,8 +24,6 @@ def check_class_ids(op, ids, num_classes, ignore_index=None):
     """
     if ids.dtype.kind not in "iu":
         raise TypeError(f"{op}: ids must be integers, got dtype {ids.dtype}")
-    if backend.is_cupy_array(ids) and backend.is_recording_graph():
-        return  # the check would wait for the GPU, which a recording cannot; a replay runs no Python (fused/graph.py)
     valid = (ids >= 0) & (ids < num_classes)
     if ignore_index is not None:
         valid |= ids == ignore_index

@@ -11,13 +11,10 @@ On the GPU (CuPy), kernels for the memory-bound ops:
     layer_norm.py     FusedLayerNorm                   keeps mean and 1/std per row, not xhat
     gelu.py           FusedGeluTanh                    one ElementwiseKernel each way
     cross_entropy.py  FusedCrossEntropy                keeps log-sum-exp per row, not log-softmax
-    linear.py         CublasLinear                     cuBLAS called directly; the bias gradient as a matrix-vector product
+    linear.py         RowSumLinear                     the bias gradient as a cuBLAS matrix-vector product
                       BatchedMatMul                    batches of bf16 matrices through cuBLAS (backend.matmul)
-    lora.py           CublasLoRALinear                 lora_linear's products through backend.matmul
     adamw.py          fused_adamw_update               AdamW's eleven array operations in one kernel
     dequantize.py     fused_dequantize_q4_1, _nf4      a 4-bit weight to float32 in one kernel (minilora.quant)
-    flash_attention.py                                 attention in bf16/fp16 without the (T, S) scores
-    graph.py          cuda_graph                       a forward and backward recorded once, replayed in one launch
 
 On the CPU (NumPy), only where it measurably pays (docs/performance.md):
 
@@ -35,7 +32,6 @@ from ..functional.elementwise import GeluTanh
 from ..functional.linalg import Linear, MatMul
 from ..functional.norm import LayerNorm
 from ..functional.softmax import CrossEntropy, Softmax
-from ..lora.function import LoRALinearFunction
 from ..optim import adamw_update
 from ..quant import nf4, q4_1
 from .adamw import fused_adamw_update
@@ -44,10 +40,8 @@ from .cpu import InPlaceGeluTanh, InPlaceScaledDotProductAttention
 from .cross_entropy import FusedCrossEntropy
 from .dequantize import fused_dequantize_nf4, fused_dequantize_q4_1
 from .gelu import FusedGeluTanh
-from .graph import CudaGraph, cuda_graph
 from .layer_norm import FusedLayerNorm
-from .linear import BatchedMatMul, CublasLinear
-from .lora import CublasLoRALinear
+from .linear import BatchedMatMul, RowSumLinear
 from .softmax import FusedSoftmax
 
 FUSED = {  # reference -> its CuPy variant
@@ -56,9 +50,8 @@ FUSED = {  # reference -> its CuPy variant
     LayerNorm: FusedLayerNorm,
     GeluTanh: FusedGeluTanh,
     CrossEntropy: FusedCrossEntropy,
-    Linear: CublasLinear,
+    Linear: RowSumLinear,
     MatMul: BatchedMatMul,
-    LoRALinearFunction: CublasLoRALinear,
     adamw_update: fused_adamw_update,
     q4_1.dequantize: fused_dequantize_q4_1,
     nf4.dequantize: fused_dequantize_nf4,
@@ -73,5 +66,5 @@ for _reference, _fast in CPU.items():
     register_fast(_reference, _fast, "numpy")
 
 __all__ = ["FUSED", "CPU", "InPlaceGeluTanh", "InPlaceScaledDotProductAttention", "FusedSoftmax", "FusedScaledDotProductAttention", "FusedLayerNorm", "FusedGeluTanh",
-           "FusedCrossEntropy", "CublasLinear", "BatchedMatMul", "CublasLoRALinear", "fused_adamw_update",
-           "fused_dequantize_q4_1", "fused_dequantize_nf4", "cuda_graph", "CudaGraph"]
+           "FusedCrossEntropy", "RowSumLinear", "BatchedMatMul", "fused_adamw_update",
+           "fused_dequantize_q4_1", "fused_dequantize_nf4"]

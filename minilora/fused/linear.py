@@ -1,39 +1,28 @@
-"""The products on the GPU through ``backend.matmul`` (cuBLAS called directly), and Linear's bias gradient.
+"""Products on the GPU: Linear's bias gradient as a matrix-vector product, and batched bf16 matmuls.
 
-``backend.matmul`` multiplies batches of bfloat16 matrices (CuPy's ``@`` takes
-bf16 only two axes at a time) and can be recorded into a CUDA graph (CuPy
-refuses its own cuBLAS calls while a graph records: minilora.fused.graph).
-
-CublasLinear: x (..., in), W (out, in), b (out,) -> (..., out). Besides, the
+RowSumLinear: x (..., in), W (out, in), b (out,) -> (..., out). The
 reference's dbias = dy.sum(0) is a CuPy reduction over axis 0; cuBLAS does
-ones (1, N) @ dy (N, out) reading the rows in order, and CuPy's reduction made
+ones (N,) @ dy (N, out) reading the rows in order, and CuPy's reduction made
 GPT-2's full fine-tuning step 9 ms slower (99.6 against 90.7 ms of GPU time,
 bench/profile_gpu_step.py --mode full).
 
-BatchedMatMul: a (..., n, k) @ b (..., k, m).
+BatchedMatMul: a (..., n, k) @ b (..., k, m) through ``backend.matmul``, which
+hands batches of bfloat16 matrices to cuBLAS (CuPy's own ``@`` takes bf16
+only two axes at a time).
 """
 from .. import backend
 from ..functional.linalg import Linear, MatMul
 
 
-class CublasLinear(Linear):
-    """Linear with the reference's formulas, its products through ``backend.matmul``."""
+class RowSumLinear(Linear):
+    """Linear whose backward sums dy's rows with ``backend.sum_over_rows``; dx and dW are the reference's."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias=None):
-        ctx.x, ctx.weight = x, weight
-        y = backend.matmul(x.reshape(-1, x.shape[-1]), weight.T)  # (N, out)
-        if bias is not None:
-            y += bias
-        return y.reshape(x.shape[:-1] + (weight.shape[0],))  # (..., out)
-
-    @staticmethod
-    def backward(ctx, dy):  # y = x W^T + b  =>  dx = dy W, dW = dy^T x, db = sum over rows of dy
-        x, weight = ctx.x, ctx.weight
-        dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out)
-        dx = backend.matmul(dy2, weight).reshape(x.shape) if ctx.needs_input_grad[0] else None  # (..., in)
-        dweight = backend.matmul(dy2.T, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None  # (out, in)
-        dbias = backend.sum_over_rows(dy2) if ctx.needs_input_grad[2] else None  # (out,)
+    def backward(ctx, dy):
+        want_dbias = ctx.needs_input_grad[2]
+        ctx.needs_input_grad = ctx.needs_input_grad[:2] + (False,)  # the reference then skips its dbias
+        dx, dweight, _ = Linear.backward(ctx, dy)
+        dbias = backend.sum_over_rows(dy.reshape(-1, dy.shape[-1])) if want_dbias else None  # (out,)
         return dx, dweight, dbias
 
 
