@@ -7,9 +7,10 @@ gradients, in fewer passes over memory and with less kept for the backward.
 On the GPU (CuPy), kernels for the memory-bound ops:
 
     softmax.py        FusedSoftmax                     one warp per row, max / sum / write
-    attention.py      FusedScaledDotProductAttention   scale + causal mask + softmax in place
+    attention.py      FusedScaledDotProductAttention   scale + causal mask + softmax in place; bf16/fp16: flash
+    flash_attention.py                                 attention in bf16/fp16 that keeps no (T, S) scores
     layer_norm.py     FusedLayerNorm                   keeps mean and 1/std per row, not xhat
-    gelu.py           FusedGeluTanh                    one ElementwiseKernel each way
+    gelu.py           FusedGeluTanh                    one elementwise kernel each way
     cross_entropy.py  FusedCrossEntropy                keeps log-sum-exp per row, not log-softmax
     linear.py         RowSumLinear                     the bias gradient as a cuBLAS matrix-vector product
                       BatchedMatMul                    batches of bf16 matrices through cuBLAS (backend.matmul)

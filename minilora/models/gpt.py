@@ -106,7 +106,7 @@ class GPT(Module):
                 f"block_size={self.config.block_size}, the number of learned positions. "
                 f"Fix: crop to the last {self.config.block_size} tokens or build a model with a larger block_size."
             )
-        pos = backend.array_module(idx).arange(past, past + T)  # (T,), where the ids are (host ids stay on the host)
+        pos = np.arange(past, past + T)  # (T,), on the host like a batch of ids
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         mask = None if attention_mask is None else self._keep_mask(attention_mask, B, T, past + T, self.wte.weight.data)
         for i, block in enumerate(self.blocks):
