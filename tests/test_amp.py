@@ -231,6 +231,9 @@ def test_a_lora_model_on_a_bf16_base_trains_its_float32_factors():
         losses.append(float(loss.data))
     assert losses[-1] < losses[0]
     assert all(p.grad.dtype == np.float32 for p in trainable)
+    model.add_adapter("second", LoraConfig(r=2, lora_alpha=4))  # added after the cast: float32 beside the bf16 W0
+    layer = model.get_submodule("model.blocks.0.attn.q")
+    assert layer.lora_A["second"].dtype == layer.lora_B["second"].dtype == np.float32
 
 
 def test_is_floating_counts_bfloat16():

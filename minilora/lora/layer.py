@@ -109,7 +109,7 @@ class LoRALinear(Module):
             A, B = self._pissa_init(r, scaling)
         else:
             raise ValueError(f"unknown init_lora_weights={init!r}; choose True, False, 'gaussian' or 'pissa'")
-        self.lora_A[name], self.lora_B[name] = self._beside_base(A), self._beside_base(B)
+        self.lora_A[name], self.lora_B[name] = self._beside_base(A, trainable=True), self._beside_base(B, trainable=True)
         self.r[name], self.lora_alpha[name], self.scaling[name], self.lora_dropout[name] = r, alpha, scaling, dropout
         if self.active_adapter is None:
             self.active_adapter = name
@@ -133,10 +133,15 @@ class LoRALinear(Module):
         self.pissa_residual.append((scaling, A, B))
         return A, B
 
-    def _beside_base(self, values):
-        """A Parameter holding host ``values`` in W0's dtype, on W0's backend (the model may live on the GPU)."""
+    def _beside_base(self, values, trainable=False):
+        """A Parameter holding host ``values`` in W0's dtype, on W0's backend (the model may live on the GPU).
+
+        A trainable factor beside a 16-bit W0 (``amp.cast_frozen``) is float32: its updates need the resolution.
+        """
         base = self.base_layer
         dtype, beside = (base.dtype, base.qweight.data) if self._quantized() else (base.weight.dtype, base.weight.data)
+        if trainable and dtype.itemsize == 2:
+            dtype = np.dtype(np.float32)
         p = Parameter(values, dtype=dtype)  # made on the current backend,
         p.data = backend.array_module(beside).asarray(values, dtype=dtype)  # then moved beside W0
         return p
