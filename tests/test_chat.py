@@ -15,7 +15,7 @@ from conftest import require_oracle
 from minilora import chat
 from minilora.lora import LoraConfig, get_peft_model, save_peft_llama
 from minilora.models import Llama, LlamaConfig, LlamaTokenizer
-from test_llama_gguf import llama_cpp_permute
+from gguf_files import write_llama_gguf
 
 # SmolLM2-135M-Instruct's own template (tokenizer.chat_template in its GGUF file).
 CHAT_TEMPLATE = (
@@ -26,10 +26,6 @@ CHAT_TEMPLATE = (
 )
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2 as in SmolLM2
 MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he")]
-GGUF_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-
 
 def tiny_chat_gguf(path, context=256, hidden_size=32, intermediate_size=48, seed=0, chat_template=CHAT_TEMPLATE):
     """Write a random 2-layer Llama (GQA 4/2) with a byte-level BPE tokenizer and a chat template as a GGUF file."""
@@ -42,38 +38,22 @@ def tiny_chat_gguf(path, context=256, hidden_size=32, intermediate_size=48, seed
                          tie_word_embeddings=False)  # a random tied head repeats one token; an untied one varies
     weights = {n: np.asarray(p.numpy() if "norm" in n else 5 * p.numpy(), dtype=np.float32)  # std 0.1: varied greedy replies
                for n, p in Llama(config).named_parameters()}  # numpy(): the host copy, also on the cupy backend
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(context)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(config.rope_theta)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3] * len(SPECIAL) + [1] * (len(tokens) - len(SPECIAL)))  # 3: control, 1: normal
-    writer.add_token_merges([" ".join(m) for m in MERGES])
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    if chat_template is not None:
-        writer.add_chat_template(chat_template)
-    writer.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"])
-    for i in range(config.num_hidden_layers):
-        for ours, theirs in GGUF_NAMES.items():
-            w = weights[f"model.layers.{i}.{ours}.weight"]
-            if theirs in ("attn_q", "attn_k"):  # llama.cpp's row order, undone by the loader
-                w = llama_cpp_permute(w, config.num_attention_heads if theirs == "attn_q" else config.num_key_value_heads)
-            writer.add_tensor(f"blk.{i}.{theirs}.weight", w)
-    writer.add_tensor("output_norm.weight", weights["model.norm.weight"])
-    writer.add_tensor("output.weight", weights["lm_head.weight"])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+
+    def add_tokenizer(writer):
+        writer.add_tokenizer_model("gpt2")
+        writer.add_token_list(tokens)
+        writer.add_token_types([3] * len(SPECIAL) + [1] * (len(tokens) - len(SPECIAL)))  # 3: control, 1: normal
+        writer.add_token_merges([" ".join(m) for m in MERGES])
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+        if chat_template is not None:
+            writer.add_chat_template(chat_template)
+
+    shape = dict(layers=config.num_hidden_layers, context=context, hidden=config.hidden_size,
+                 intermediate=config.intermediate_size, heads=config.num_attention_heads,
+                 kv_heads=config.num_key_value_heads, rope_theta=config.rope_theta, rms_eps=config.rms_norm_eps,
+                 vocab=config.vocab_size)
+    return write_llama_gguf(gguf, path, weights, shape, add_tokenizer=add_tokenizer)
 
 
 @pytest.fixture(scope="module")

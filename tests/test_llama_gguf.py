@@ -14,54 +14,19 @@ from minilora.models import Llama
 from test_llama import CONFIG, hf_llama, relative_error
 
 import smollm2
-
-
-def llama_cpp_permute(w, n_head):
-    """llama.cpp's convert_hf_to_gguf.py, LlamaModel.permute: each head's rows from (i, i + D/2) pairs to (2i, 2i + 1)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+from gguf_files import write_llama_gguf
 
 
 def write_gguf(path, hf, arch="llama", embedding_type=None):
     """Write transformers' Llama ``hf`` (float32) as a GGUF file, as llama.cpp's converter does."""
-    gguf = require_oracle("gguf")
     c = hf.config
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(c.num_hidden_layers)
-    writer.add_context_length(c.max_position_embeddings)
-    writer.add_embedding_length(c.hidden_size)
-    writer.add_feed_forward_length(c.intermediate_size)
-    writer.add_head_count(c.num_attention_heads)
-    writer.add_head_count_kv(c.num_key_value_heads)
-    writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
-    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
-    writer.add_vocab_size(c.vocab_size)
-    w = {n: p.detach().numpy().astype(np.float32) for n, p in hf.named_parameters()}
-    if embedding_type is None:
-        writer.add_tensor("token_embd.weight", w["model.embed_tokens.weight"])
-    else:  # zero bytes of the right size, labelled with a quantization type
-        rows, cols = w["model.embed_tokens.weight"].shape
-        block, nbytes = gguf.GGML_QUANT_SIZES[embedding_type]
-        writer.add_tensor("token_embd.weight", np.zeros((rows, cols // block * nbytes), np.uint8),
-                          raw_dtype=embedding_type)
-    names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    for i in range(c.num_hidden_layers):
-        for ours, theirs in names.items():
-            tensor = w[f"model.layers.{i}.{ours}.weight"]
-            if theirs == "attn_q":
-                tensor = llama_cpp_permute(tensor, c.num_attention_heads)
-            elif theirs == "attn_k":
-                tensor = llama_cpp_permute(tensor, c.num_key_value_heads)
-            writer.add_tensor(f"blk.{i}.{theirs}.weight", tensor)
-    writer.add_tensor("output_norm.weight", w["model.norm.weight"])
-    if not c.tie_word_embeddings:
-        writer.add_tensor("output.weight", w["lm_head.weight"])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    weights = {n: p.detach().numpy().astype(np.float32) for n, p in hf.named_parameters()}
+    if c.tie_word_embeddings:
+        weights.pop("lm_head.weight", None)
+    shape = dict(layers=c.num_hidden_layers, context=c.max_position_embeddings, hidden=c.hidden_size,
+                 intermediate=c.intermediate_size, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
+                 rope_theta=c.rope_parameters["rope_theta"], rms_eps=c.rms_norm_eps, vocab=c.vocab_size)
+    return write_llama_gguf(require_oracle("gguf"), path, weights, shape, arch, embedding_type)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import require_oracle
+from gguf_files import llama_cpp_permute
 from minilora import backend
 from minilora.lora import LoraConfig, get_peft_model, lora_layers
 from minilora.models import Llama
@@ -92,9 +93,6 @@ def test_logits_equal_transformers_float64(ours, hf, prompt_ids):
 def test_gguf_q_and_k_rows_are_llama_cpp_permuted(path, ours, hf, prompt_ids):
     """The file's attn_q/attn_k rows are transformers' rows in llama.cpp's order (convert_hf_to_gguf.py's permute);
     read as they are, without unpermute_rope_rows, the model is wrong."""
-    def llama_cpp_permute(w, n_head):  # llama.cpp's convert_hf_to_gguf.py, LlamaModel.permute
-        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
     reader = open_gguf(path)
     raw = {t.name: t for t in reader.tensors}
     attn = hf.model.layers[0].self_attn
