@@ -288,9 +288,10 @@ def _gemm_operand(x, batch):
     broadcast over the batch has stride 0. Anything else, or leading axes that
     do not step evenly, is copied first.
     """
-    cupy = array_module(x)
-    stacked = cupy.broadcast_to(x, batch + x.shape[-2:])
-    for attempt in (stacked, cupy.ascontiguousarray(stacked)):
+    xp = array_module(x)
+    stacked = xp.broadcast_to(x, batch + x.shape[-2:])
+    for make in (lambda: stacked, lambda: xp.ascontiguousarray(stacked)):  # the copy only if the view will not do
+        attempt = make()
         rows, cols = attempt.shape[-2:]
         row_step, col_step = (s // attempt.itemsize for s in attempt.strides[-2:])
         if col_step == 1 and row_step >= max(cols, 1):

@@ -96,3 +96,21 @@ def test_retain_host_memory_takes_effect_exactly_where_glibc_runs():
     on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert backend.retain_host_memory() is on_glibc
     assert backend.retain_host_memory() is on_glibc  # calling it again changes nothing
+
+
+def test_gemm_operands_keep_views_cublas_can_read_and_copy_the_rest():
+    """backend.matmul's layout rules (what cuBLAS is told about each operand), checked on NumPy arrays."""
+    from minilora.backend import _gemm_operand
+
+    k = np.zeros((2, 3, 5, 4))  # (B, H, S, D), contiguous
+    op, ld, stride, array = _gemm_operand(k, (2, 3))
+    assert (op, ld, stride) == (0, 4, 20) and array.base is not None  # row-major: op N, a view of k
+    op, ld, stride, array = _gemm_operand(k.swapaxes(-1, -2), (2, 3))  # k^T as attention takes it
+    assert (op, ld, stride) == (1, 4, 20) and np.shares_memory(array, k)  # column-major: op T, still no copy
+    op, ld, stride, array = _gemm_operand(np.zeros((5, 4)), (2, 3))
+    assert (op, ld, stride) == (0, 4, 0)  # one matrix for the whole batch: stride 0
+    op, ld, stride, array = _gemm_operand(k[:, :1], (2, 3))  # broadcast along H only: the batch does not step evenly
+    assert (op, ld, stride) == (0, 4, 20) and array.shape == (2, 3, 5, 4) and array.flags.c_contiguous
+    strided = np.zeros((2, 3, 5, 8))[..., ::2]  # neither rows nor columns contiguous
+    op, ld, stride, array = _gemm_operand(strided, (2, 3))
+    assert (op, ld, stride) == (0, 4, 20) and array.flags.c_contiguous
